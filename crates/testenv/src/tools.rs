@@ -1,0 +1,91 @@
+//! Where the pinned components live in the cache that `testenv/setup.sh` fills.
+//! Reads `testenv/versions.env` at compile time, so the script and this crate cannot disagree.
+//! Does file-system reads only.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+const VERSIONS: &str = include_str!("../../../testenv/versions.env");
+
+/// A pinned version from `testenv/versions.env`.
+pub fn version(key: &str) -> &'static str {
+    VERSIONS
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim())
+        .unwrap_or_else(|| panic!("testenv/versions.env has no {key}"))
+}
+
+/// The cache folder: `$ITER8RS_CACHE`, else `~/.cache/iter8rs`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ITER8RS_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".cache/iter8rs")
+}
+
+/// Paths of every component the control plane needs, checked to exist.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub kube_apiserver: PathBuf,
+    pub kube_controller_manager: PathBuf,
+    pub kubectl: PathBuf,
+    pub etcd: PathBuf,
+    pub helm: PathBuf,
+    /// Folder holding the CRD YAML files of KServe, Istio and the Gateway API.
+    pub crds: PathBuf,
+}
+
+impl Tools {
+    /// Finds the cached components, or names the missing ones and how to build them.
+    pub fn locate() -> Result<Tools> {
+        let cache = cache_dir();
+        let kube = cache.join(format!("kubernetes-{}", version("KUBERNETES_VERSION")));
+        let crds = cache.join(format!(
+            "crds-kserve-{}-istio-{}-gwapi-{}",
+            version("KSERVE_VERSION"),
+            version("ISTIO_API_VERSION"),
+            version("GATEWAY_API_VERSION")
+        ));
+        let tools = Tools {
+            kube_apiserver: kube.join("bin/kube-apiserver"),
+            kube_controller_manager: kube.join("bin/kube-controller-manager"),
+            kubectl: kube.join("bin/kubectl"),
+            etcd: cache.join(format!("etcd-{}/bin/etcd", version("ETCD_VERSION"))),
+            helm: cache.join(format!("helm-{}/bin/helm", version("HELM_VERSION"))),
+            crds,
+        };
+        let missing: Vec<String> = [
+            &tools.kube_apiserver,
+            &tools.kube_controller_manager,
+            &tools.kubectl,
+            &tools.etcd,
+            &tools.helm,
+            &tools.crds,
+        ]
+        .iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+        if !missing.is_empty() {
+            bail!(
+                "missing control-plane components: {}; run testenv/setup.sh to build them",
+                missing.join(", ")
+            );
+        }
+        Ok(tools)
+    }
+
+    /// Every CRD file, in a fixed order.
+    pub fn crd_files(&self) -> Result<Vec<PathBuf>> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.crds)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+}
