@@ -58,7 +58,7 @@ build_kube() {
   gobuild kube "-s -w -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.gitCommit=0000000000000000000000000000000000000000 -X $pkg.buildDate=1970-01-01T00:00:00Z" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 }
-build_etcd() { gobuild etcd "-s -w" go.etcd.io/etcd/server/v3 && mv "$out/bin/v3" "$out/bin/etcd"; }
+build_etcd() { gobuild etcd "-s -w" go.etcd.io/etcd/server/v3 && mv "$out/bin/server" "$out/bin/etcd"; }
 build_helm() { gobuild helm "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" helm.sh/helm/v4/cmd/helm; }
 
 # moddir MODULE@VERSION: where the Go module cache holds that module's files.

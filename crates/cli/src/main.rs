@@ -1,1 +1,147 @@
-fn main() {}
+//! The `iter8` binary: `iter8 controller` runs the routing controller; `iter8 render` shows
+//! offline what it would apply for a routemap and a set of objects.
+
+mod admin;
+mod render_cmd;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use iter8_core::config::Config;
+use iter8_k8s::{Controller, Leadership, Options};
+use tokio::sync::Notify;
+
+#[derive(Parser)]
+#[command(
+    name = "iter8",
+    version,
+    about = "Safe, declarative rollouts of ML models and apps on Kubernetes"
+)]
+struct Cli {
+    /// Log level (trace, debug, info, warn, error) or a tracing filter.
+    #[arg(long, global = true, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the routing controller.
+    #[command(alias = "controllers")]
+    Controller(ControllerArgs),
+    /// Print the routing objects the controller would apply, without a cluster.
+    Render(render_cmd::RenderArgs),
+}
+
+#[derive(clap::Args)]
+struct ControllerArgs {
+    /// Controller config file (resourceTypes, defaultResync, clusterScoped).
+    #[arg(long, env = "CONFIG_FILE")]
+    config: Option<PathBuf>,
+    /// Namespace watched when not cluster-scoped (the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// This replica's name (the pod's name), used in Events and as lease identity.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Kubeconfig file; in a pod the ServiceAccount is used.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Address of the admin server (/livez, /readyz, /metrics).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    admin_address: String,
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    match cli.command {
+        Command::Controller(args) => run_controller(args).await,
+        Command::Render(args) => render_cmd::run(args),
+    }
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration found")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+async fn run_controller(args: ControllerArgs) -> Result<()> {
+    let config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            Config::from_yaml(&text).with_context(|| format!("config file {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    let client = client(args.kubeconfig.as_ref()).await?;
+    tracing::info!(
+        cluster_scoped = config.cluster_scoped,
+        namespace = %args.namespace,
+        types = ?config.resource_types.keys().collect::<Vec<_>>(),
+        "starting controller"
+    );
+    let controller = Controller::new(
+        client,
+        config,
+        Options {
+            namespace: args.namespace.clone(),
+            instance: args.pod_name.clone(),
+        },
+        Leadership::always(),
+    );
+    let shutdown = Arc::new(Notify::new());
+    let admin = admin::serve(&args.admin_address, controller.clone()).await?;
+    let run = tokio::spawn(controller.clone().run(shutdown.clone()));
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    shutdown.notify_one();
+    let _ = run.await;
+    admin.abort();
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,5 +1,477 @@
-//! A real Kubernetes control plane for tests, the demo and the benchmarks.
+//! A real Kubernetes control plane for tests, the demo and the benchmarks: etcd and
+//! kube-apiserver (RBAC on) on free loopback ports with temporary data and certificates,
+//! optionally kube-controller-manager with the garbage collector, and the CRDs of KServe,
+//! Istio and the Gateway API. Everything stops when the [`ControlPlane`] is dropped.
+//!
+//! Binaries come from the cache `testenv/setup.sh` fills; see [`tools`].
 
+pub mod pki;
+pub mod process;
 pub mod tools;
 
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+pub use process::Process;
 pub use tools::Tools;
+
+/// What to start.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Also run kube-controller-manager (garbage collector, deployments, namespaces).
+    pub controller_manager: bool,
+    /// Port for kube-apiserver; a free one when `None`.
+    pub apiserver_port: Option<u16>,
+    /// Skip installing the CRDs.
+    pub skip_crds: bool,
+}
+
+/// A running etcd + kube-apiserver (+ kube-controller-manager).
+pub struct ControlPlane {
+    // Field order is drop order: processes stop before their data folder goes away.
+    controller_manager: Option<Process>,
+    apiserver: Process,
+    etcd: Process,
+    pki: pki::Pki,
+    admin_kubeconfig: String,
+    kubeconfig_path: PathBuf,
+    port: u16,
+    etcd_port: u16,
+    etcd_data: PathBuf,
+    tools: Tools,
+    dir: tempfile::TempDir,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl ControlPlane {
+    /// Starts a control plane and waits until it serves and the CRDs are established.
+    pub async fn start(opts: Options) -> Result<ControlPlane> {
+        let tools = Tools::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("testenv-")
+            .tempdir()
+            .context("creating the control plane's temporary folder")?;
+        let pki = pki::Pki::write(dir.path())?;
+
+        let etcd_port = process::free_port()?;
+        let etcd_data = dir.path().join("etcd");
+        let etcd = start_etcd(&tools, etcd_port, &etcd_data, dir.path())?;
+
+        let port = match opts.apiserver_port {
+            Some(p) => {
+                process::ensure_free(p, "kube-apiserver")?;
+                p
+            }
+            None => process::free_port()?,
+        };
+        let apiserver = start_apiserver(&tools, &pki, port, etcd_port, dir.path())?;
+        let admin = pki.client_cert("testenv-admin", Some("system:masters"))?;
+        let admin_kubeconfig = kubeconfig_yaml(
+            port,
+            &pki.serving_ca_pem,
+            &format!(
+                "client-certificate-data: {}\n    client-key-data: {}",
+                b64(&admin.cert_pem),
+                b64(&admin.key_pem)
+            ),
+        );
+        let kubeconfig_path = dir.path().join("admin.kubeconfig");
+        std::fs::write(&kubeconfig_path, &admin_kubeconfig)?;
+
+        let mut cp = ControlPlane {
+            controller_manager: None,
+            apiserver,
+            etcd,
+            pki,
+            admin_kubeconfig,
+            kubeconfig_path,
+            port,
+            etcd_port,
+            etcd_data,
+            tools,
+            dir,
+        };
+        cp.wait_ready().await?;
+        if opts.controller_manager {
+            cp.start_controller_manager()?;
+        }
+        if !opts.skip_crds {
+            let files = cp.tools.crd_files()?;
+            cp.install_crds(&files).await?;
+        }
+        Ok(cp)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let client = self.client().await?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.etcd.check_running()?;
+            self.apiserver.check_running()?;
+            let req = http_get("/readyz")?;
+            match client.request_text(req).await {
+                Ok(body) if body.trim() == "ok" => break,
+                _ if Instant::now() > deadline => bail!(
+                    "kube-apiserver on 127.0.0.1:{} not ready after {:?}; last lines of {}:\n{}",
+                    self.port,
+                    READY_TIMEOUT,
+                    self.apiserver.log_path().display(),
+                    self.apiserver.log_tail(25)
+                ),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        // RBAC bootstrap roles (cluster-admin, system:*) are created shortly after readyz on
+        // some versions; wait for the default namespace's ServiceAccount-free basics instead.
+        let ns: Api<Namespace> = Api::all(client);
+        while ns.get_opt("default").await?.is_none() {
+            if Instant::now() > deadline {
+                bail!("namespace default never appeared");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    fn start_controller_manager(&mut self) -> Result<()> {
+        let args = vec![
+            format!("--kubeconfig={}", self.kubeconfig_path.display()),
+            "--controllers=garbage-collector-controller,deployment-controller,replicaset-controller,namespace-controller".into(),
+            "--leader-elect=false".into(),
+            "--use-service-account-credentials=false".into(),
+            "--secure-port=0".into(),
+        ];
+        self.controller_manager = Some(Process::start(
+            "kube-controller-manager",
+            &self.tools.kube_controller_manager,
+            &args,
+            self.dir.path(),
+        )?);
+        Ok(())
+    }
+
+    /// Installs CRD files with server-side apply and waits until each is established.
+    pub async fn install_crds(&self, files: &[PathBuf]) -> Result<()> {
+        let api: Api<CustomResourceDefinition> = Api::all(self.client().await?);
+        let pp = PatchParams::apply("testenv").force();
+        let mut names = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading CRD file {}", file.display()))?;
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let value: serde_json::Value = serde::Deserialize::deserialize(doc)
+                    .with_context(|| format!("CRD file {} is not valid YAML", file.display()))?;
+                if value.is_null() {
+                    continue;
+                }
+                let crd: CustomResourceDefinition = serde_json::from_value(value)
+                    .with_context(|| format!("CRD file {} holds a non-CRD", file.display()))?;
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                api.patch(&name, &pp, &Patch::Apply(&crd))
+                    .await
+                    .with_context(|| {
+                        format!("applying CRD {name} from {} failed", file.display())
+                    })?;
+                names.push(name);
+            }
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        for name in names {
+            loop {
+                let crd = api.get(&name).await?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("CRD {name} not established after {READY_TIMEOUT:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// An admin client (group system:masters).
+    pub async fn client(&self) -> Result<Client> {
+        client_from_yaml(&self.admin_kubeconfig).await
+    }
+
+    /// The admin kubeconfig as YAML.
+    pub fn kubeconfig(&self) -> &str {
+        &self.admin_kubeconfig
+    }
+
+    /// Path of a file holding the admin kubeconfig (lives as long as the control plane).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig_path
+    }
+
+    /// The API server's URL.
+    pub fn server(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The pinned tools this control plane runs with (helm, kubectl, ...).
+    pub fn tools(&self) -> &Tools {
+        &self.tools
+    }
+
+    /// A temporary folder that lives as long as the control plane.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// PIDs of the running components, for tests that check nothing is left behind.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.etcd.pid(), self.apiserver.pid()];
+        pids.extend(self.controller_manager.as_ref().map(Process::pid));
+        pids
+    }
+
+    /// A kubeconfig authenticating with a client certificate as `user` (no groups beyond
+    /// system:authenticated): for RBAC tests.
+    pub fn user_kubeconfig(&self, user: &str) -> Result<String> {
+        let cert = self.pki.client_cert(user, None)?;
+        Ok(kubeconfig_yaml(
+            self.port,
+            &self.pki.serving_ca_pem,
+            &format!(
+                "client-certificate-data: {}\n    client-key-data: {}",
+                b64(&cert.cert_pem),
+                b64(&cert.key_pem)
+            ),
+        ))
+    }
+
+    /// A kubeconfig with a real token of ServiceAccount `namespace/name` (created if missing),
+    /// obtained through the TokenRequest API, valid for `ttl`.
+    pub async fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<String> {
+        let client = self.client().await?;
+        let sas: Api<ServiceAccount> = Api::namespaced(client, namespace);
+        if sas.get_opt(name).await?.is_none() {
+            let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": namespace}
+            }))?;
+            sas.create(&PostParams::default(), &sa).await?;
+        }
+        let req = k8s_openapi::api::authentication::v1::TokenRequest {
+            spec: k8s_openapi::api::authentication::v1::TokenRequestSpec {
+                expiration_seconds: Some(ttl.as_secs() as i64),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let token = sas
+            .create_token_request(name, &PostParams::default(), &req)
+            .await
+            .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{name}"))?
+            .status
+            .ok_or_else(|| anyhow!("TokenRequest for {namespace}/{name} returned no status"))?
+            .token;
+        Ok(kubeconfig_yaml(
+            self.port,
+            &self.pki.serving_ca_pem,
+            &format!("token: {token}"),
+        ))
+    }
+
+    /// Creates a namespace with a unique name starting with `prefix`.
+    pub async fn namespace(&self, prefix: &str) -> Result<String> {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{prefix}-{}-{n}", std::process::id());
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+        Api::<Namespace>::all(self.client().await?)
+            .create(&PostParams::default(), &ns)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(name)
+    }
+
+    /// Stops kube-apiserver (etcd keeps its data), for outage tests.
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.stop(Duration::from_secs(10));
+    }
+
+    /// Starts kube-apiserver again on the same port and waits until it is ready.
+    pub async fn restart_apiserver(&mut self) -> Result<()> {
+        self.apiserver.stop(Duration::from_secs(10));
+        self.apiserver = start_apiserver(
+            &self.tools,
+            &self.pki,
+            self.port,
+            self.etcd_port,
+            self.dir.path(),
+        )?;
+        self.wait_ready().await
+    }
+
+    /// Where etcd keeps its data.
+    pub fn etcd_data_dir(&self) -> &Path {
+        &self.etcd_data
+    }
+}
+
+/// One control plane shared by every test of a test binary, started on first use.
+/// Each call gets the same processes; use [`ControlPlane::namespace`] for isolation.
+/// The processes end with the test binary (see [`process`]'s watchdog).
+pub fn shared() -> Result<&'static ControlPlane> {
+    static SHARED: OnceLock<std::result::Result<ControlPlane, String>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            // Start on a runtime of our own: tests each have theirs, and they come and go.
+            std::thread::spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(ControlPlane::start(Options {
+                    controller_manager: true,
+                    ..Options::default()
+                }))
+                .map_err(|e| format!("{e:#}"))
+            })
+            .join()
+            .unwrap_or_else(|_| Err("control plane start-up panicked".into()))
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("starting the shared control plane failed: {e}"))
+}
+
+fn start_etcd(tools: &Tools, port: u16, data: &Path, log_dir: &Path) -> Result<Process> {
+    let peer = process::free_port()?;
+    let args = vec![
+        format!("--data-dir={}", data.display()),
+        format!("--listen-client-urls=http://127.0.0.1:{port}"),
+        format!("--advertise-client-urls=http://127.0.0.1:{port}"),
+        format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+        format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+        format!("--initial-cluster=default=http://127.0.0.1:{peer}"),
+        "--unsafe-no-fsync".into(),
+        "--log-level=warn".into(),
+        "--quota-backend-bytes=8589934592".into(),
+    ];
+    Process::start("etcd", &tools.etcd, &args, log_dir)
+}
+
+fn start_apiserver(
+    tools: &Tools,
+    pki: &pki::Pki,
+    port: u16,
+    etcd_port: u16,
+    dir: &Path,
+) -> Result<Process> {
+    let args = vec![
+        format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+        format!("--cert-dir={}", dir.join("apiserver-certs").display()),
+        format!("--tls-cert-file={}", pki.serving_cert.display()),
+        format!("--tls-private-key-file={}", pki.serving_key.display()),
+        format!("--secure-port={port}"),
+        "--bind-address=127.0.0.1".into(),
+        "--advertise-address=127.0.0.1".into(),
+        "--endpoint-reconciler-type=none".into(),
+        format!("--client-ca-file={}", pki.client_ca.display()),
+        "--authorization-mode=RBAC".into(),
+        format!("--service-account-issuer=https://127.0.0.1:{port}/"),
+        format!("--service-account-key-file={}", pki.sa_public_key.display()),
+        format!(
+            "--service-account-signing-key-file={}",
+            pki.sa_key.display()
+        ),
+        "--service-cluster-ip-range=10.0.0.0/24".into(),
+        "--allow-privileged=true".into(),
+        "--disable-admission-plugins=ServiceAccount".into(),
+        // The audit log lets benchmarks count each user's requests.
+        format!("--audit-log-path={}", dir.join("audit.log").display()),
+        format!("--audit-policy-file={}", write_audit_policy(dir)?.display()),
+        "--audit-log-maxsize=0".into(),
+    ];
+    Process::start("kube-apiserver", &tools.kube_apiserver, &args, dir)
+}
+
+fn write_audit_policy(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("audit-policy.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+    )?;
+    Ok(path)
+}
+
+fn http_get(path: &str) -> Result<http::Request<Vec<u8>>> {
+    Ok(http::Request::get(path).body(Vec::new())?)
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn kubeconfig_yaml(port: u16, ca_pem: &str, user: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: testenv
+  cluster:
+    server: https://127.0.0.1:{port}
+    certificate-authority-data: {ca}
+users:
+- name: testenv
+  user:
+    {user}
+contexts:
+- name: testenv
+  context: {{cluster: testenv, user: testenv, namespace: default}}
+current-context: testenv
+",
+        ca = b64(ca_pem)
+    )
+}
+
+/// A client from a kubeconfig's YAML text.
+pub async fn client_from_yaml(yaml: &str) -> Result<Client> {
+    let kc = Kubeconfig::from_yaml(yaml)?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `timeout`.
+/// Tests wait for conditions with this, never with a fixed sleep.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,145 @@
+//! Adapters that make the `gotmpl` crate behave like Go's template packages where the two
+//! differ. Pure text processing.
+
+use std::borrow::Cow;
+
+/// Empty comment inserted to stop gotmpl's extra trimming; it produces no output and
+/// trims nothing.
+const NEUTRAL: &str = "{{/**/}}";
+
+/// gotmpl trims the whitespace *after* a comment that has only a left trim marker
+/// (`{{- /* c */}}`), Go trims only before it. Templates written for the original
+/// controller rely on Go's behaviour, so after each such comment we insert an empty
+/// comment: the whitespace then follows a comment without trim markers and survives.
+///
+/// The scan skips string, raw string and character literals inside actions, so that a
+/// `{{- /*` inside a quoted string is left alone. Malformed input is passed through for
+/// the parser to report.
+pub(crate) fn fix_left_trim_comments(src: &str) -> Cow<'_, str> {
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(offset) = src[i..].find("{{") {
+        let open = i + offset;
+        let mut j = open + 2;
+        let left_trim =
+            src[j..].starts_with('-') && src[j + 1..].starts_with([' ', '\t', '\r', '\n']);
+        if left_trim {
+            j += 2;
+        }
+        let k = j + whitespace_len(&src[j..]);
+        if src[k..].starts_with("/*") {
+            let Some(end) = src[k + 2..].find("*/") else {
+                break;
+            };
+            let after_comment = k + 2 + end + 2;
+            let ws = whitespace_len(&src[after_comment..]);
+            let rest = &src[after_comment + ws..];
+            let (close, right_trim) = if ws > 0 && rest.starts_with("-}}") {
+                (after_comment + ws + 3, true)
+            } else if rest.starts_with("}}") {
+                (after_comment + ws + 2, false)
+            } else {
+                break;
+            };
+            if left_trim && !right_trim {
+                out.push_str(&src[copied..close]);
+                out.push_str(NEUTRAL);
+                copied = close;
+            }
+            i = close;
+        } else {
+            i = skip_action(src, j);
+        }
+    }
+    if copied == 0 {
+        Cow::Borrowed(src)
+    } else {
+        out.push_str(&src[copied..]);
+        Cow::Owned(out)
+    }
+}
+
+fn whitespace_len(s: &str) -> usize {
+    s.len() - s.trim_start_matches([' ', '\t', '\r', '\n']).len()
+}
+
+/// Index just after the `}}` closing the action whose body starts at `from`, skipping
+/// quoted literals; the end of `src` if there is none.
+fn skip_action(src: &str, from: usize) -> usize {
+    let bytes = src.as_bytes();
+    let mut i = from;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'}' if bytes.get(i + 1) == Some(&b'}') => return i + 2,
+            quote @ (b'"' | b'\'') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != quote && bytes[i] != b'\n' {
+                    // A backslash escapes the next byte (multi-byte characters never
+                    // contain ASCII bytes, so byte stepping is safe).
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'`' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'`' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    bytes.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inserts_after_left_only_trim_comments() {
+        let cases = [
+            ("a {{- /* c */}} b", "a {{- /* c */}}{{/**/}} b"),
+            ("a {{-  /* c */}}\n b", "a {{-  /* c */}}{{/**/}}\n b"),
+            ("a {{- /* c */ -}} b", "a {{- /* c */ -}} b"),
+            ("a {{/* c */}} b", "a {{/* c */}} b"),
+            ("a {{/* c */ -}} b", "a {{/* c */ -}} b"),
+            (
+                "{{ print \"{{- /* c */}}\" }} b",
+                "{{ print \"{{- /* c */}}\" }} b",
+            ),
+            (
+                "{{ print `{{- /* c */}}` }} b",
+                "{{ print `{{- /* c */}}` }} b",
+            ),
+            (
+                "{{ print \"\\\"}}\" }}{{- /* c */}} b",
+                "{{ print \"\\\"}}\" }}{{- /* c */}}{{/**/}} b",
+            ),
+            ("{{-3}}{{- /* */}}x", "{{-3}}{{- /* */}}{{/**/}}x"),
+            ("{{- /* unclosed", "{{- /* unclosed"),
+            ("no actions", "no actions"),
+        ];
+        for (src, want) in cases {
+            assert_eq!(fix_left_trim_comments(src), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn matches_go_output() {
+        let render = |src: &str| {
+            let fixed = fix_left_trim_comments(src);
+            gotmpl::html::Template::new("t")
+                .parse(&fixed)
+                .and_then(|t| t.execute_to_string(&gotmpl::Value::Nil))
+                .unwrap()
+        };
+        // Expected values are what Go's text/template prints.
+        assert_eq!(render("a  {{- /* c */}}  b"), "a  b");
+        assert_eq!(render("a  {{- /* c */ -}}  b"), "ab");
+        assert_eq!(render("a  {{/* c */ -}}  b"), "a  b");
+        assert_eq!(render("a\n{{- /* c */}}\n  {{- if true }}x{{ end }}"), "ax");
+    }
+}

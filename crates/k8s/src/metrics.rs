@@ -1,0 +1,149 @@
+//! Prometheus metrics of the controller. Labels take a few fixed values (a category, a result,
+//! a resource type), never object names.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::Controller;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the controller exports.
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Counter,
+    pub reconcile_seconds: Histogram,
+    /// Errors by category (template_parse, apply, watch, ...).
+    pub errors: Family<Labels, Counter>,
+    /// Writes of routing objects by result (applied, failed, unchanged).
+    pub applies: Family<Labels, Counter>,
+    pub deletes: Counter,
+    pub finalizers_removed: Counter,
+    /// Events published, by type (Normal, Warning).
+    pub events: Family<Labels, Counter>,
+    /// Writes a standby refused to make.
+    pub not_leader: Counter,
+    pub leader: Gauge,
+    /// Watched objects by resource type.
+    pub watched: Family<Labels, Gauge>,
+    pub queue_depth: Gauge,
+    pub watch_restarts: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("iter8");
+        let m = Metrics {
+            reconciles: Counter::default(),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            errors: Family::default(),
+            applies: Family::default(),
+            deletes: Counter::default(),
+            finalizers_removed: Counter::default(),
+            events: Family::default(),
+            not_leader: Counter::default(),
+            leader: Gauge::default(),
+            watched: Family::default(),
+            queue_depth: Gauge::default(),
+            watch_restarts: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("reconciles", "Routemap reconciles", m.reconciles.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to reconcile one routemap",
+            m.reconcile_seconds.clone(),
+        );
+        registry.register("errors", "Errors by category", m.errors.clone());
+        registry.register(
+            "applies",
+            "Routing object writes by result",
+            m.applies.clone(),
+        );
+        registry.register(
+            "deletes",
+            "Routing objects deleted with their routemap",
+            m.deletes.clone(),
+        );
+        registry.register(
+            "finalizers_removed",
+            "Legacy finalizers removed from deleting objects",
+            m.finalizers_removed.clone(),
+        );
+        registry.register(
+            "events",
+            "Kubernetes Events published, by type",
+            m.events.clone(),
+        );
+        registry.register(
+            "standby_writes_refused",
+            "Writes not made because this replica is not the leader",
+            m.not_leader.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 if this replica holds the lease",
+            m.leader.clone(),
+        );
+        registry.register(
+            "watched_objects",
+            "Watched objects by resource type",
+            m.watched.clone(),
+        );
+        registry.register("queue_depth", "Work items waiting", m.queue_depth.clone());
+        registry.register(
+            "watch_restarts",
+            "Watch streams that failed and restarted",
+            m.watch_restarts.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts an error of `category`.
+    pub fn error(&self, category: &'static str) {
+        self.errors
+            .get_or_create(&vec![("category", category.to_string())])
+            .inc();
+    }
+
+    /// Counts a routing object write with `result`.
+    pub fn apply(&self, result: &'static str) {
+        self.applies
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    /// Reads a counter of `applies` (for tests and the benchmark).
+    pub fn applies_with(&self, result: &'static str) -> u64 {
+        self.applies
+            .get_or_create(&vec![("result", result.to_string())])
+            .get()
+    }
+}
+
+/// The text exposition of every metric, with gauges refreshed from the controller.
+pub fn encode_text(metrics: &Arc<Metrics>, controller: &Controller) -> String {
+    metrics.queue_depth.set(controller.queue_depth() as i64);
+    metrics
+        .leader
+        .set(i64::from(controller.writer().leadership().is_leader()));
+    for (ty, n) in controller.watched_counts() {
+        metrics
+            .watched
+            .get_or_create(&vec![("resource", ty)])
+            .set(n as i64);
+    }
+    let mut out = String::new();
+    if encode(&mut out, &metrics.registry).is_err() {
+        out.clear();
+    }
+    out
+}
