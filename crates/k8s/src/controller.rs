@@ -116,6 +116,11 @@ impl Controller {
         !s.is_empty() && s.values().all(|v| *v)
     }
 
+    /// Nothing queued and nothing being worked: everything seen so far is reconciled.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_idle()
+    }
+
     /// Items waiting in the work queue.
     pub fn queue_depth(&self) -> usize {
         self.queue.len()
@@ -165,6 +170,7 @@ impl Controller {
             loop {
                 let item = worker.queue.pop().await;
                 worker.work(item).await;
+                worker.queue.done();
             }
         };
         tokio::select! {
@@ -365,7 +371,18 @@ impl Controller {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if watches.insert(gvr.clone()) {
+            self.lock_synced().insert(format!("routing {gvr}"), false);
             tokio::spawn(self.clone().watch_routing(gvr.clone()));
+        }
+    }
+
+    /// Waits (bounded) until the routing objects of `gvr` have been listed, so the first
+    /// reconcile after a start compares with the live objects instead of writing blindly.
+    async fn routing_listed(&self, gvr: &Gvr) {
+        let name = format!("routing {gvr}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.lock_synced().get(&name) == Some(&false) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -382,6 +399,7 @@ impl Controller {
                         let objs = std::mem::take(&mut buffer);
                         self.lock_state().replace_routing(&gvr, &objs);
                         self.enqueue_owners(objs.iter().map(|(_, o)| o));
+                        self.lock_synced().insert(format!("routing {gvr}"), true);
                     }
                     WatchEvent::Apply(o) => {
                         let key = self.key_of(&gvr, &o);
@@ -405,6 +423,9 @@ impl Controller {
                 Err(e) => {
                     self.metrics.watch_restarts.inc();
                     tracing::warn!(resource = %gvr, error = %e, "routing object watch failed; retrying");
+                    if is_not_found(&e) {
+                        self.lock_synced().insert(format!("routing {gvr}"), true);
+                    }
                 }
             }
         }
@@ -647,6 +668,7 @@ impl Controller {
         };
         let desired = with_ownership(obj, key, uid);
         self.ensure_routing_watch(&gvr);
+        self.routing_listed(&gvr).await;
 
         let live = self.lock_state().routing(&target);
         if let Some(live) = &live {

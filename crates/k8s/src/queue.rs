@@ -9,14 +9,25 @@ use tokio::sync::Notify;
 
 /// FIFO of distinct items.
 pub struct WorkQueue<T> {
-    inner: Mutex<(VecDeque<T>, HashSet<T>)>,
+    inner: Mutex<Inner<T>>,
     notify: Notify,
+}
+
+struct Inner<T> {
+    order: VecDeque<T>,
+    waiting: HashSet<T>,
+    /// Items taken and not yet marked done.
+    in_flight: usize,
 }
 
 impl<T: Clone + Eq + Hash> Default for WorkQueue<T> {
     fn default() -> Self {
         WorkQueue {
-            inner: Mutex::new((VecDeque::new(), HashSet::new())),
+            inner: Mutex::new(Inner {
+                order: VecDeque::new(),
+                waiting: HashSet::new(),
+                in_flight: 0,
+            }),
             notify: Notify::new(),
         }
     }
@@ -26,19 +37,32 @@ impl<T: Clone + Eq + Hash> WorkQueue<T> {
     /// Queues `item` unless it is already waiting.
     pub fn push(&self, item: T) {
         let mut q = self.lock();
-        if q.1.insert(item.clone()) {
-            q.0.push_back(item);
+        if q.waiting.insert(item.clone()) {
+            q.order.push_back(item);
             drop(q);
             self.notify.notify_one();
         }
     }
 
-    /// Takes the oldest item, if any.
+    /// Takes the oldest item, if any; the caller calls [`WorkQueue::done`] when finished.
     pub fn try_pop(&self) -> Option<T> {
         let mut q = self.lock();
-        let item = q.0.pop_front()?;
-        q.1.remove(&item);
+        let item = q.order.pop_front()?;
+        q.waiting.remove(&item);
+        q.in_flight += 1;
         Some(item)
+    }
+
+    /// Marks one taken item as finished.
+    pub fn done(&self) {
+        let mut q = self.lock();
+        q.in_flight = q.in_flight.saturating_sub(1);
+    }
+
+    /// Nothing waits and nothing is being worked.
+    pub fn is_idle(&self) -> bool {
+        let q = self.lock();
+        q.order.is_empty() && q.in_flight == 0
     }
 
     /// Waits for the next item.
@@ -53,7 +77,7 @@ impl<T: Clone + Eq + Hash> WorkQueue<T> {
 
     /// How many items wait.
     pub fn len(&self) -> usize {
-        self.lock().0.len()
+        self.lock().order.len()
     }
 
     /// Whether nothing waits.
@@ -61,7 +85,7 @@ impl<T: Clone + Eq + Hash> WorkQueue<T> {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<T>, HashSet<T>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<T>> {
         // A panic while holding this lock cannot leave the queue inconsistent: recover.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -83,5 +107,10 @@ mod tests {
         assert_eq!(q.try_pop(), Some("b"));
         assert_eq!(q.try_pop(), Some("a"));
         assert_eq!(q.try_pop(), None);
+        assert!(!q.is_idle(), "three items taken, none done");
+        q.done();
+        q.done();
+        q.done();
+        assert!(q.is_idle());
     }
 }

@@ -26,8 +26,12 @@ pub use tools::Tools;
 /// What to start.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Also run kube-controller-manager (garbage collector, deployments, namespaces).
+    /// Also run kube-controller-manager with the garbage collector and namespace controller.
     pub controller_manager: bool,
+    /// With the controller-manager, also run the deployment and replicaset controllers. Off
+    /// in tests that write Deployment status themselves: with no kubelet, the real
+    /// deployment controller would overwrite it.
+    pub workload_controllers: bool,
     /// Port for kube-apiserver; a free one when `None`.
     pub apiserver_port: Option<u16>,
     /// Skip installing the CRDs.
@@ -102,7 +106,7 @@ impl ControlPlane {
         };
         cp.wait_ready().await?;
         if opts.controller_manager {
-            cp.start_controller_manager()?;
+            cp.start_controller_manager(opts.workload_controllers)?;
         }
         if !opts.skip_crds {
             let files = cp.tools.crd_files()?;
@@ -142,10 +146,14 @@ impl ControlPlane {
         Ok(())
     }
 
-    fn start_controller_manager(&mut self) -> Result<()> {
+    fn start_controller_manager(&mut self, workload_controllers: bool) -> Result<()> {
+        let mut controllers = "garbage-collector-controller,namespace-controller".to_string();
+        if workload_controllers {
+            controllers.push_str(",deployment-controller,replicaset-controller");
+        }
         let args = vec![
             format!("--kubeconfig={}", self.kubeconfig_path.display()),
-            "--controllers=garbage-collector-controller,deployment-controller,replicaset-controller,namespace-controller".into(),
+            format!("--controllers={controllers}"),
             "--leader-elect=false".into(),
             "--use-service-account-credentials=false".into(),
             "--secure-port=0".into(),
@@ -333,7 +341,8 @@ impl ControlPlane {
     }
 }
 
-/// One control plane shared by every test of a test binary, started on first use.
+/// One control plane shared by every test of a test binary, started on first use, with the
+/// garbage collector but no workload controllers (tests write status, as KServe would).
 /// Each call gets the same processes; use [`ControlPlane::namespace`] for isolation.
 /// The processes end with the test binary (see [`process`]'s watchdog).
 pub fn shared() -> Result<&'static ControlPlane> {

@@ -45,6 +45,7 @@ async fn main() -> Result<()> {
         } => {
             let cp = testenv::ControlPlane::start(testenv::Options {
                 controller_manager: !no_controller_manager,
+                workload_controllers: false,
                 apiserver_port: port,
                 skip_crds: false,
             })

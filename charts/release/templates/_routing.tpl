@@ -1,0 +1,287 @@
+{{/*
+Routing templates: the text stored in the routemap under routingTemplates.<strategy>.template.
+
+They are rendered twice. Helm renders them now, baking in names, hosts, ports and matches.
+The Iter8 controller renders the result later, each time the set of ready versions changes,
+as a Go template whose only input used here is `.Weights`: Weights[i] is 0 while version i is
+not ready, else its weight. The controller-time actions are produced by the "release.tmpl.*"
+helpers below and use only `{{- if gt (index .Weights i) 0 }}`, `{{ index .Weights i }}` and
+`{{- end }}`, so any Go-template engine with `{{-` trimming, if, gt and index can run them.
+
+Arguments of every helper (dict):
+  root      the chart context
+  env       the environment traits ("release.env")
+  strategy  none | blue-green | canary | mirror
+  versions  the normalized versions ("release.versions")
+  v         one normalized version (per-version helpers)
+*/}}
+
+{{/* Controller-time: keep what follows only while version <int> is ready. */}}
+{{- define "release.tmpl.ifReady" -}}
+{{ printf "{{- if gt (index .Weights %d) 0 }}" (int .) }}
+{{- end }}
+
+{{/* Controller-time: the weight of version <int>. */}}
+{{- define "release.tmpl.weight" -}}
+{{ printf "{{ index .Weights %d }}" (int .) }}
+{{- end }}
+
+{{/* Controller-time: closes "release.tmpl.ifReady". */}}
+{{- define "release.tmpl.end" -}}
+{{ print "{{- end }}" }}
+{{- end }}
+
+{{/* The routing template of the environment, or nothing for strategy none. */}}
+{{- define "release.routing" -}}
+{{- if eq .env.routing "gateway-api" }}
+{{- include "release.routing.httpRoute" . }}
+{{- else }}
+{{- include "release.routing.virtualService" . }}
+{{- end }}
+{{- end }}
+
+{{/* The resource type (routemap gvrShort) of the routing object. */}}
+{{- define "release.routing.gvrShort" -}}
+{{- if eq .env.routing "gateway-api" }}httproute{{ else }}vs{{ end -}}
+{{- end }}
+
+{{/* ===== Istio: deployment-istio, kserve*, kserve-modelmesh-istio ===== */}}
+
+{{/*
+One weighted destination (an HTTPRouteDestination) of version .v, with the response header
+`app-version: <version name>`. With .weighted, it carries the version's controller-time weight;
+with .branch (KServe blue-green), it drops the internal `branch` request header.
+*/}}
+{{- define "release.istio.destination" -}}
+{{- $root := .root -}}
+{{- $v := .v -}}
+{{- if eq .env.routing "kserve" -}}
+- destination:
+    host: knative-local-gateway.istio-system.svc.cluster.local
+  {{- if .weighted }}
+  weight: {{ include "release.tmpl.weight" $v.index }}
+  {{- end }}
+  headers:
+    request:
+      set:
+        Host: {{ include "release.kserve.predictorHost" . }}
+      {{- if .branch }}
+      remove:
+      - branch
+      {{- end }}
+    response:
+      add:
+        app-version: {{ $v.name }}
+{{- else if eq .env.routing "modelmesh" -}}
+- destination:
+    host: {{ include "release.modelmesh.host" $root }}
+    port:
+      number: {{ include "release.modelmesh.port" $root }}
+  {{- if .weighted }}
+  weight: {{ include "release.tmpl.weight" $v.index }}
+  {{- end }}
+  headers:
+    request:
+      set:
+        mm-vmodel-id: {{ $v.isvc.name }}
+    response:
+      add:
+        app-version: {{ $v.name }}
+{{- else -}}
+- destination:
+    host: {{ $v.svc.name }}.{{ $v.svc.namespace }}.svc.cluster.local
+    port:
+      number: {{ $v.port }}
+  {{- if .weighted }}
+  weight: {{ include "release.tmpl.weight" $v.index }}
+  {{- end }}
+  headers:
+    response:
+      add:
+        app-version: {{ $v.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The body of an HTTP route that sends everything it matches to version .v alone. KServe
+InferenceServices serve the V2 protocol under /v2/models/<model name>/, and the model name is the
+InferenceService name, so the path is rewritten to that version's infer endpoint (see README:
+known limitation, only the infer endpoint is reachable through the application host).
+*/}}
+{{- define "release.istio.routeTo" -}}
+{{- if eq .env.routing "kserve" -}}
+rewrite:
+  uri: /v2/models/{{ .v.isvc.name }}/infer
+{{ end -}}
+route:
+{{ include "release.istio.destination" . }}
+{{- end }}
+
+{{/* A candidate's Istio match clauses: versions[i].match, default header `traffic: test`. Each clause stays its own entry. */}}
+{{- define "release.istio.match" -}}
+{{- $raw := index .root.Values.application.versions (int .v.index) -}}
+{{- $default := list (dict "headers" (dict "traffic" (dict "exact" "test"))) -}}
+{{- toYaml ($raw.match | default $default) -}}
+{{- end }}
+
+{{- define "release.routing.virtualService" -}}
+{{- $root := .root -}}
+{{- $name := include "release.appName" $root -}}
+{{- $namespace := include "release.appNamespace" $root -}}
+{{- $primary := first .versions -}}
+{{- $candidates := rest .versions -}}
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: {{ $name }}
+  namespace: {{ $namespace }}
+spec:
+  gateways:
+  {{- if eq .env.routing "kserve" }}
+  - knative-serving/knative-ingress-gateway
+  - knative-serving/knative-local-gateway
+  {{- end }}
+  {{- with $root.Values.gateway }}
+  - {{ . }}
+  {{- end }}
+  - mesh
+  hosts:
+  {{- include "release.appHosts" $root | nindent 2 }}
+  http:
+{{- if eq .strategy "canary" }}
+  {{- /* candidates first, each behind its match; the primary takes the rest */}}
+  {{- range $v := $candidates }}
+  {{ include "release.tmpl.ifReady" $v.index }}
+  - name: {{ $v.name }}
+    match:
+    {{- include "release.istio.match" (dict "root" $root "v" $v) | nindent 4 }}
+    {{- include "release.istio.routeTo" (merge (dict "v" $v) $) | nindent 4 }}
+  {{ include "release.tmpl.end" . }}
+  {{- end }}
+  - name: {{ $primary.name }}
+    {{- include "release.istio.routeTo" (merge (dict "v" $primary) $) | nindent 4 }}
+{{- else if eq .strategy "mirror" }}
+  {{- /* everything to the primary; a copy of a share of it to the candidate */}}
+  - name: {{ $name }}
+    route:
+    {{- include "release.istio.destination" (merge (dict "v" $primary) $) | nindent 4 }}
+    {{- range $v := $candidates }}
+    {{ include "release.tmpl.ifReady" $v.index }}
+    mirror:
+      host: {{ $v.svc.name }}.{{ $v.svc.namespace }}.svc.cluster.local
+      port:
+        number: {{ $v.port }}
+    mirrorPercentage:
+      value: {{ include "release.tmpl.weight" $v.index }}
+    {{ include "release.tmpl.end" . }}
+    {{- end }}
+{{- else if eq .env.routing "kserve" }}
+  {{- /*
+  blue-green on KServe: the path rewrite differs per version and Istio rewrites per route, not
+  per destination. So the weighted route "<app>" only picks a version, recording it in the
+  `branch` header, and sends the request back through the local gateway, where the version's
+  own route (matched on `branch`) rewrites the path and sets the predictor host.
+  */}}
+  {{- range $v := .versions }}
+  {{ include "release.tmpl.ifReady" $v.index }}
+  - name: {{ $v.name }}
+    match:
+    - headers:
+        branch:
+          exact: {{ $v.isvc.name }}
+    {{- include "release.istio.routeTo" (merge (dict "v" $v "branch" true) $) | nindent 4 }}
+  {{ include "release.tmpl.end" . }}
+  {{- end }}
+  - name: {{ $name }}
+    route:
+    {{- range $v := .versions }}
+    {{ include "release.tmpl.ifReady" $v.index }}
+    - destination:
+        host: knative-local-gateway.istio-system.svc.cluster.local
+      weight: {{ include "release.tmpl.weight" $v.index }}
+      headers:
+        request:
+          set:
+            branch: {{ $v.isvc.name }}
+            host: {{ $name }}.{{ $namespace }}
+    {{ include "release.tmpl.end" . }}
+    {{- end }}
+{{- else }}
+  {{- /* blue-green: one route, weighted over the ready versions */}}
+  - name: {{ $name }}
+    route:
+    {{- range $v := .versions }}
+    {{ include "release.tmpl.ifReady" $v.index }}
+    {{- include "release.istio.destination" (merge (dict "v" $v "weighted" true) $) | nindent 4 }}
+    {{ include "release.tmpl.end" . }}
+    {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* ===== Gateway API: deployment-gtw ===== */}}
+
+{{/* One backendRef to version .v's Service, with the `app-version` response header. */}}
+{{- define "release.gatewayApi.backend" -}}
+{{- $v := .v -}}
+- group: ""
+  kind: Service
+  name: {{ $v.svc.name }}
+  {{- if ne $v.svc.namespace (include "release.appNamespace" .root) }}
+  namespace: {{ $v.svc.namespace }}
+  {{- end }}
+  port: {{ $v.port }}
+  {{- if .weighted }}
+  weight: {{ include "release.tmpl.weight" $v.index }}
+  {{- end }}
+  filters:
+  - type: ResponseHeaderModifier
+    responseHeaderModifier:
+      add:
+      - name: app-version
+        value: {{ $v.name }}
+{{- end }}
+
+{{- define "release.routing.httpRoute" -}}
+{{- $root := .root -}}
+{{- $name := include "release.appName" $root -}}
+{{- $primary := first .versions -}}
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: {{ $name }}
+  namespace: {{ include "release.appNamespace" $root }}
+spec:
+  parentRefs:
+  - group: ""
+    kind: Service
+    name: {{ $name }}
+    port: {{ include "release.appPort" $root }}
+  {{- with $root.Values.gateway }}
+  - name: {{ . }}
+  {{- end }}
+  hostnames:
+  {{- include "release.appHosts" $root | nindent 2 }}
+  rules:
+{{- if eq .strategy "canary" }}
+  {{- /* candidates first, each behind its matches; the primary takes the rest */}}
+  {{- range $v := rest .versions }}
+  {{- $raw := index $root.Values.application.versions (int $v.index) }}
+  {{ include "release.tmpl.ifReady" $v.index }}
+  - matches:
+    {{- toYaml $raw.matches | nindent 4 }}
+    backendRefs:
+    {{- include "release.gatewayApi.backend" (merge (dict "v" $v) $) | nindent 4 }}
+  {{ include "release.tmpl.end" . }}
+  {{- end }}
+  - backendRefs:
+    {{- include "release.gatewayApi.backend" (merge (dict "v" $primary) $) | nindent 4 }}
+{{- else }}
+  {{- /* blue-green: one rule, weighted over the ready versions */}}
+  - backendRefs:
+    {{- range $v := .versions }}
+    {{ include "release.tmpl.ifReady" $v.index }}
+    {{- include "release.gatewayApi.backend" (merge (dict "v" $v "weighted" true) $) | nindent 4 }}
+    {{ include "release.tmpl.end" . }}
+    {{- end }}
+{{- end }}
+{{- end }}

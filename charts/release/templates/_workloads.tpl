@@ -1,0 +1,89 @@
+{{/*
+The resources that make one version. Each takes (dict "root" $ "v" <normalized version> "raw" <version values>).
+*/}}
+
+{{/* Deployment of a deployment* version: deploymentSpecification.spec verbatim, else one container. */}}
+{{- define "release.deployment" -}}
+{{- $spec := .raw.deploymentSpecification | default dict -}}
+apiVersion: apps/v1
+kind: Deployment
+{{ include "release.versionMetadata" (dict "root" .root "raw" .raw "ref" .v.deploy "given" $spec.metadata) }}
+spec:
+{{- if $spec.spec }}
+  {{- toYaml $spec.spec | nindent 2 }}
+{{- else }}
+  selector:
+    matchLabels:
+      app: {{ .v.deploy.name }}
+  template:
+    metadata:
+      labels:
+        app: {{ .v.deploy.name }}
+    spec:
+      containers:
+      - name: {{ .v.deploy.name }}
+        image: {{ .raw.image }}
+        ports:
+        - containerPort: {{ .v.port }}
+{{- end }}
+{{- end }}
+
+{{/* Service of a deployment* version: serviceSpecification.spec verbatim, else one port to the pods. */}}
+{{- define "release.service" -}}
+{{- $spec := .raw.serviceSpecification | default dict -}}
+apiVersion: v1
+kind: Service
+{{ include "release.versionMetadata" (dict "root" .root "raw" .raw "ref" .v.svc "given" $spec.metadata) }}
+spec:
+{{- if $spec.spec }}
+  {{- toYaml $spec.spec | nindent 2 }}
+{{- else }}
+  selector:
+    app: {{ .v.deploy.name }}
+  ports:
+  - port: {{ .v.port }}
+{{- end }}
+{{- end }}
+
+{{/*
+InferenceService of a kserve* version: inferenceServiceSpecification.spec verbatim, else a
+predictor model from modelFormat, runtime, storageUri, protocolVersion and ports (each defaulting
+to the application-level value). ModelMesh versions get the ModelMesh deployment-mode annotation
+and no minReplicas (ModelMesh places models itself).
+*/}}
+{{- define "release.inferenceService" -}}
+{{- $spec := .raw.inferenceServiceSpecification | default dict -}}
+{{- $app := .root.Values.application -}}
+{{- $modelmesh := eq .env.workload "modelmesh" -}}
+{{- $annotations := dict -}}
+{{- if $modelmesh }}{{ $_ := set $annotations "serving.kserve.io/deploymentMode" "ModelMesh" }}{{ end -}}
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+{{ include "release.versionMetadata" (dict "root" .root "raw" .raw "ref" .v.isvc "given" $spec.metadata "annotations" $annotations) }}
+spec:
+{{- if $spec.spec }}
+  {{- toYaml $spec.spec | nindent 2 }}
+{{- else }}
+  {{- $runtime := .raw.runtime | default $app.runtime }}
+  {{- $protocolVersion := .raw.protocolVersion | default $app.protocolVersion }}
+  {{- $ports := .raw.ports | default $app.ports }}
+  predictor:
+    {{- if not $modelmesh }}
+    minReplicas: 1
+    {{- end }}
+    model:
+      modelFormat:
+        name: {{ .raw.modelFormat | default $app.modelFormat }}
+      {{- with $runtime }}
+      runtime: {{ . }}
+      {{- end }}
+      storageUri: {{ .raw.storageUri }}
+      {{- with $protocolVersion }}
+      protocolVersion: {{ . }}
+      {{- end }}
+      {{- with $ports }}
+      ports:
+        {{- toYaml . | nindent 6 }}
+      {{- end }}
+{{- end }}
+{{- end }}
