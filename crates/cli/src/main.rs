@@ -6,11 +6,12 @@ mod render_cmd;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use iter8_core::config::Config;
-use iter8_k8s::{Controller, Leadership, Options};
+use iter8_k8s::{Controller, Leadership, LeaseConfig, Options};
 use tokio::sync::Notify;
 
 #[derive(Parser)]
@@ -62,6 +63,28 @@ struct ControllerArgs {
     /// Address of the admin server (/livez, /readyz, /metrics).
     #[arg(long, default_value = "0.0.0.0:8080")]
     admin_address: String,
+    /// Elect a leader with a Lease so several replicas can run; only the leader writes.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "iter8-controller")]
+    lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// How long a lease stays valid without renewal, e.g. 15s.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+    /// How often the leader renews the lease, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    lease_renew_every: Duration,
+    /// Longest time to finish the work in flight after SIGTERM before exiting anyway.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    iter8_core::config::parse_go_duration(s)
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -116,25 +139,80 @@ async fn run_controller(args: ControllerArgs) -> Result<()> {
         types = ?config.resource_types.keys().collect::<Vec<_>>(),
         "starting controller"
     );
+    let leadership = if args.leader_elect {
+        Leadership::standby()
+    } else {
+        Leadership::always()
+    };
     let controller = Controller::new(
-        client,
+        client.clone(),
         config,
         Options {
             namespace: args.namespace.clone(),
             instance: args.pod_name.clone(),
         },
-        Leadership::always(),
+        leadership.clone(),
     );
-    let shutdown = Arc::new(Notify::new());
     let admin = admin::serve(&args.admin_address, controller.clone()).await?;
-    let run = tokio::spawn(controller.clone().run(shutdown.clone()));
+    let stop_controller = Arc::new(Notify::new());
+    let run = tokio::spawn(controller.clone().run(stop_controller.clone()));
+
+    let stop_election = Arc::new(Notify::new());
+    let election = if args.leader_elect {
+        let identity = args.pod_name.clone().unwrap_or_else(default_identity);
+        let cfg = LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: args
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| args.namespace.clone()),
+            identity,
+            duration: args.lease_duration,
+            renew_every: args.lease_renew_every,
+        };
+        tracing::info!(lease = %cfg.name, namespace = %cfg.namespace, identity = %cfg.identity, "leader election on");
+        let gained = Arc::new(Notify::new());
+        // A new leader reconciles everything: a standby dropped its work items.
+        let c = controller.clone();
+        let g = gained.clone();
+        tokio::spawn(async move {
+            loop {
+                g.notified().await;
+                c.enqueue_all();
+            }
+        });
+        Some(tokio::spawn(iter8_k8s::lease::run(
+            client,
+            cfg,
+            leadership,
+            gained,
+            stop_election.clone(),
+        )))
+    } else {
+        None
+    };
 
     wait_for_signal().await?;
-    tracing::info!("shutting down");
-    shutdown.notify_one();
-    let _ = run.await;
+    tracing::info!("shutting down: finishing the work in flight");
+    stop_controller.notify_one();
+    if tokio::time::timeout(args.shutdown_timeout, run)
+        .await
+        .is_err()
+    {
+        tracing::warn!("work in flight did not finish in time");
+    }
+    if let Some(election) = election {
+        stop_election.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
+    }
     admin.abort();
+    tracing::info!("stopped");
     Ok(())
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 async fn wait_for_signal() -> Result<()> {

@@ -116,6 +116,15 @@ impl Controller {
         !s.is_empty() && s.values().all(|v| *v)
     }
 
+    /// Watches that have not listed yet (or are failing), for /readyz.
+    pub fn unsynced(&self) -> Vec<String> {
+        self.lock_synced()
+            .iter()
+            .filter(|(_, v)| !**v)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// Nothing queued and nothing being worked: everything seen so far is reconciled.
     pub fn is_idle(&self) -> bool {
         self.queue.is_idle()
@@ -149,7 +158,8 @@ impl Controller {
     }
 
     /// Starts every watch and the reconcile loop; returns when `shutdown` fires, after the
-    /// work item in flight has finished.
+    /// work item in flight has finished. `shutdown` must be signalled with `notify_one` (or
+    /// `notify_waiters` while this runs).
     pub async fn run(self: Arc<Self>, shutdown: Arc<Notify>) {
         let mut tasks = Vec::new();
         let mut seen = HashSet::new();
@@ -164,18 +174,14 @@ impl Controller {
         tasks.push(tokio::spawn(self.clone().watch_routemaps()));
         tasks.push(tokio::spawn(self.clone().resync_loop()));
 
-        let worker = self.clone();
-        let stop = shutdown.clone();
-        let work = async move {
-            loop {
-                let item = worker.queue.pop().await;
-                worker.work(item).await;
-                worker.queue.done();
-            }
-        };
-        tokio::select! {
-            _ = work => {}
-            _ = stop.notified() => {}
+        // Between items, stop when asked; an item in flight (an apply) always finishes.
+        loop {
+            let item = tokio::select! {
+                item = self.queue.pop() => item,
+                _ = shutdown.notified() => break,
+            };
+            self.work(item).await;
+            self.queue.done();
         }
         for t in tasks {
             t.abort();
@@ -267,6 +273,8 @@ impl Controller {
                         self.lock_synced().insert(name.clone(), true);
                     } else {
                         tracing::warn!(resource = %gvr, error = %e, "watch failed; retrying");
+                        // Stale until the watch has listed again.
+                        self.lock_synced().insert(name.clone(), false);
                     }
                 }
             }
@@ -326,6 +334,7 @@ impl Controller {
                 Err(e) => {
                     self.metrics.watch_restarts.inc();
                     tracing::warn!(error = %e, "routemap watch failed; retrying");
+                    self.lock_synced().insert("routemaps".into(), false);
                 }
             }
         }
@@ -423,9 +432,8 @@ impl Controller {
                 Err(e) => {
                     self.metrics.watch_restarts.inc();
                     tracing::warn!(resource = %gvr, error = %e, "routing object watch failed; retrying");
-                    if is_not_found(&e) {
-                        self.lock_synced().insert(format!("routing {gvr}"), true);
-                    }
+                    let listed = is_not_found(&e);
+                    self.lock_synced().insert(format!("routing {gvr}"), listed);
                 }
             }
         }

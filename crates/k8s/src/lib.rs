@@ -5,10 +5,11 @@
 
 pub mod controller;
 pub mod keys;
+pub mod lease;
 pub mod metrics;
 pub mod queue;
 pub mod state;
 pub mod writer;
 
 pub use controller::{Controller, Options};
-pub use writer::Leadership;
+pub use lease::{Leadership, LeaseConfig};

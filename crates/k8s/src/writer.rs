@@ -2,7 +2,6 @@
 //! Field manager, no-op skipping, leadership and write counting live here and nowhere else.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -12,31 +11,11 @@ use kube::Client;
 use serde_json::{json, Value};
 
 use crate::keys::{ObjectKey, RoutemapKey};
+pub use crate::lease::Leadership;
 use crate::metrics::Metrics;
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "iter8-controller";
-
-/// Whether this replica may write. Without leader election it always may.
-#[derive(Clone, Debug)]
-pub struct Leadership(Arc<AtomicBool>);
-
-impl Leadership {
-    /// A replica that always leads (single replica, no election).
-    pub fn always() -> Leadership {
-        Leadership(Arc::new(AtomicBool::new(true)))
-    }
-    /// A replica that starts as a standby.
-    pub fn standby() -> Leadership {
-        Leadership(Arc::new(AtomicBool::new(false)))
-    }
-    pub fn is_leader(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-    pub fn set(&self, leading: bool) {
-        self.0.store(leading, Ordering::SeqCst);
-    }
-}
 
 /// Why a write did not happen.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,430 @@
+//! Running like a production controller, with real `iter8` processes against a real API
+//! server: one lease holder writes and standbys never do; SIGTERM hands over at once; a killed
+//! leader is replaced within the lease duration; an API server outage shows in /readyz and
+//! the controller converges afterwards; /metrics parses and moves.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// An `iter8 controller` process; killed when dropped.
+struct Iter8 {
+    name: String,
+    child: Child,
+    admin: u16,
+}
+
+impl Drop for Iter8 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Iter8 {
+    fn start(
+        name: &str,
+        kubeconfig: &Path,
+        ns: &str,
+        lease: (&str, &str),
+        log_dir: &Path,
+    ) -> Iter8 {
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_iter8"))
+            .args(["controller", "--kubeconfig"])
+            .arg(kubeconfig)
+            .args([
+                "--namespace",
+                ns,
+                "--admin-address",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .args(["--lease-duration", lease.0, "--lease-renew-every", lease.1])
+            .env("POD_NAME", name)
+            .env_remove("CONFIG_FILE")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Iter8 {
+            name: name.into(),
+            child,
+            admin,
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.admin, path)
+    }
+
+    fn metrics(&self) -> prometheus_parse::Scrape {
+        let (status, body) = self.get("/metrics").expect("metrics endpoint answers");
+        assert_eq!(status, 200);
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+            .expect("metrics parse")
+    }
+
+    fn sigterm(&self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+fn metric(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn isvc_ar() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("serving.kserve.io", "v1beta1", "InferenceService"),
+        "inferenceservices",
+    )
+}
+
+fn vs_ar() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("networking.istio.io", "v1beta1", "VirtualService"),
+        "virtualservices",
+    )
+}
+
+fn str_spec(ns: &str) -> String {
+    include_str!("../../core/testdata/kserve-canary/routemap-step2.yaml").replace("default", ns)
+}
+
+async fn apply_isvc(client: &Client, ns: &str, name: &str) {
+    let obj = json!({"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {"name": name, "labels": {"iter8.tools/watch": "true"}},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "runtime": "kserve-mlserver", "storageUri": "gs://m"}}}});
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &isvc_ar())
+        .patch(
+            name,
+            &PatchParams::apply("helm").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap();
+}
+
+/// Writes the Ready condition as KServe does, through the status subresource.
+async fn set_ready(client: &Client, ns: &str, name: &str, ready: bool) {
+    let s = if ready { "True" } else { "Unknown" };
+    let status = json!({"status": {"observedGeneration": 1, "deploymentMode": "Knative", "conditions": [
+        {"type": "IngressReady", "status": s, "lastTransitionTime": "2026-08-20T10:00:40Z"},
+        {"type": "PredictorReady", "status": s, "lastTransitionTime": "2026-08-20T10:00:40Z"},
+        {"type": "Ready", "status": s, "lastTransitionTime": "2026-08-20T10:00:40Z"}]}});
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &isvc_ar())
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+}
+
+async fn apply_routemap(client: &Client, ns: &str) {
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "wisdom-routemap", "labels": {"iter8.tools/kind": "routemap", "iter8.tools/version": "v1.1"}},
+        "data": {"strSpec": str_spec(ns)}});
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+        .patch(
+            "wisdom-routemap",
+            &PatchParams::apply("helm").force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .unwrap();
+}
+
+fn routes(vs: &DynamicObject) -> Vec<String> {
+    vs.data["spec"]["http"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_routes(client: &Client, ns: &str, want: &[&str], within: Duration) -> DynamicObject {
+    let vss = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &vs_ar());
+    testenv::wait_for(&format!("routes {want:?}"), within, || async {
+        vss.get_opt("wisdom")
+            .await
+            .ok()
+            .flatten()
+            .filter(|vs| routes(vs) == want)
+    })
+    .await
+    .unwrap()
+}
+
+async fn holder(client: &Client, ns: &str) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .get_opt("iter8-controller")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+async fn wait_holder(client: &Client, ns: &str, not: Option<&str>, within: Duration) -> String {
+    testenv::wait_for("a lease holder", within, || async {
+        holder(client, ns).await.filter(|h| Some(h.as_str()) != not)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn one_leader_writes_standby_never_does_and_sigterm_hands_over_at_once() {
+    let cp = testenv::shared().unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("ha").await.unwrap();
+    let procs = [
+        Iter8::start(
+            "iter8-a",
+            cp.kubeconfig_path(),
+            &ns,
+            ("15s", "2s"),
+            cp.dir(),
+        ),
+        Iter8::start(
+            "iter8-b",
+            cp.kubeconfig_path(),
+            &ns,
+            ("15s", "2s"),
+            cp.dir(),
+        ),
+    ];
+    let leader_name = wait_holder(&client, &ns, None, WAIT).await;
+    let (leader, standby) = if leader_name == procs[0].name {
+        (&procs[0], &procs[1])
+    } else {
+        (&procs[1], &procs[0])
+    };
+    // Both become ready (stores synced) regardless of leadership.
+    for p in &procs {
+        testenv::wait_for("/readyz", WAIT, || async {
+            (p.get("/readyz").map(|r| r.0) == Some(200)).then_some(())
+        })
+        .await
+        .unwrap();
+    }
+
+    apply_isvc(&client, &ns, "wisdom-0").await;
+    set_ready(&client, &ns, "wisdom-0", true).await;
+    apply_isvc(&client, &ns, "wisdom-1").await;
+    set_ready(&client, &ns, "wisdom-1", false).await;
+    apply_routemap(&client, &ns).await;
+    let vs = wait_routes(&client, &ns, &["wisdom-0"], WAIT).await;
+    let managers: Vec<String> = vs
+        .metadata
+        .managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert_eq!(managers, ["iter8-controller"]);
+
+    let (lm, sm) = (leader.metrics(), standby.metrics());
+    assert_eq!(metric(&lm, "iter8_leader", None), 1.0);
+    assert_eq!(metric(&sm, "iter8_leader", None), 0.0);
+    assert!(metric(&lm, "iter8_applies_total", Some(("result", "applied"))) >= 1.0);
+    assert_eq!(
+        metric(&sm, "iter8_applies_total", Some(("result", "applied"))),
+        0.0,
+        "the standby wrote"
+    );
+    assert!(metric(&lm, "iter8_reconciles_total", None) >= 1.0);
+    assert!(
+        metric(
+            &sm,
+            "iter8_watched_objects",
+            Some(("resource", "inferenceservices.serving.kserve.io"))
+        ) >= 2.0,
+        "the standby keeps its stores warm"
+    );
+
+    // SIGTERM: the leader finishes, releases the lease, exits 0; the standby takes over at once.
+    let rv = vs.resource_version();
+    let t0 = Instant::now();
+    leader.sigterm();
+    let new = wait_holder(&client, &ns, Some(&leader.name), Duration::from_secs(2)).await;
+    let took = t0.elapsed();
+    assert_eq!(new, standby.name);
+    eprintln!("standby took over {took:?} after SIGTERM");
+    // The old leader exits cleanly.
+    let pid = leader.child.id();
+    testenv::wait_for("the old leader to exit", WAIT, || async {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        (stat.is_empty() || stat.contains(") Z ")).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        get_vs_rv(&client, &ns).await,
+        rv,
+        "a takeover with nothing changed must not write"
+    );
+
+    // The new leader routes the candidate when it becomes ready.
+    let before = metric(&standby.metrics(), "iter8_reconciles_total", None);
+    set_ready(&client, &ns, "wisdom-1", true).await;
+    wait_routes(&client, &ns, &["wisdom-1", "wisdom-0"], WAIT).await;
+    let after = standby.metrics();
+    assert!(metric(&after, "iter8_applies_total", Some(("result", "applied"))) >= 1.0);
+    assert!(metric(&after, "iter8_reconciles_total", None) > before);
+}
+
+async fn get_vs_rv(client: &Client, ns: &str) -> Option<String> {
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &vs_ar())
+        .get("wisdom")
+        .await
+        .unwrap()
+        .resource_version()
+}
+
+#[tokio::test]
+async fn a_killed_leader_is_replaced_within_the_lease_duration() {
+    let cp = testenv::shared().unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("ha-kill").await.unwrap();
+    let mut procs = vec![
+        Iter8::start("iter8-a", cp.kubeconfig_path(), &ns, ("4s", "1s"), cp.dir()),
+        Iter8::start("iter8-b", cp.kubeconfig_path(), &ns, ("4s", "1s"), cp.dir()),
+    ];
+    let leader_name = wait_holder(&client, &ns, None, WAIT).await;
+    apply_isvc(&client, &ns, "wisdom-0").await;
+    set_ready(&client, &ns, "wisdom-0", true).await;
+    apply_isvc(&client, &ns, "wisdom-1").await;
+    set_ready(&client, &ns, "wisdom-1", false).await;
+    apply_routemap(&client, &ns).await;
+    wait_routes(&client, &ns, &["wisdom-0"], WAIT).await;
+
+    // kill -9 the holder while the candidate becomes ready.
+    let idx = procs.iter().position(|p| p.name == leader_name).unwrap();
+    let mut dead = procs.remove(idx);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let t0 = Instant::now();
+    set_ready(&client, &ns, "wisdom-1", true).await;
+    // Lease duration (4 s) plus a few seconds.
+    wait_routes(
+        &client,
+        &ns,
+        &["wisdom-1", "wisdom-0"],
+        Duration::from_secs(4 + 6),
+    )
+    .await;
+    eprintln!("converged {:?} after the leader was killed", t0.elapsed());
+    assert_eq!(
+        holder(&client, &ns).await.as_deref(),
+        Some(procs[0].name.as_str())
+    );
+}
+
+#[tokio::test]
+async fn an_api_server_outage_shows_in_readyz_and_the_controller_converges_after() {
+    let mut cp = testenv::ControlPlane::start(testenv::Options::default())
+        .await
+        .unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("outage").await.unwrap();
+    let p = Iter8::start("iter8-a", cp.kubeconfig_path(), &ns, ("4s", "1s"), cp.dir());
+    wait_holder(&client, &ns, None, WAIT).await;
+    apply_isvc(&client, &ns, "wisdom-0").await;
+    set_ready(&client, &ns, "wisdom-0", true).await;
+    apply_isvc(&client, &ns, "wisdom-1").await;
+    set_ready(&client, &ns, "wisdom-1", false).await;
+    apply_routemap(&client, &ns).await;
+    wait_routes(&client, &ns, &["wisdom-0"], WAIT).await;
+    testenv::wait_for("/readyz", WAIT, || async {
+        (p.get("/readyz").map(|r| r.0) == Some(200)).then_some(())
+    })
+    .await
+    .unwrap();
+
+    cp.stop_apiserver();
+    testenv::wait_for(
+        "/readyz to report the outage",
+        Duration::from_secs(60),
+        || async { (p.get("/readyz").map(|r| r.0) == Some(503)).then_some(()) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        p.get("/livez").map(|r| r.0),
+        Some(200),
+        "the controller must keep running"
+    );
+
+    cp.restart_apiserver().await.unwrap();
+    let client = cp.client().await.unwrap();
+    set_ready(&client, &ns, "wisdom-1", true).await;
+    wait_routes(
+        &client,
+        &ns,
+        &["wisdom-1", "wisdom-0"],
+        Duration::from_secs(60),
+    )
+    .await;
+    testenv::wait_for("/readyz to recover", WAIT, || async {
+        (p.get("/readyz").map(|r| r.0) == Some(200)).then_some(())
+    })
+    .await
+    .unwrap();
+    let m = p.metrics();
+    assert!(
+        metric(&m, "iter8_watch_restarts_total", None) >= 1.0,
+        "watch restarts are counted"
+    );
+}
