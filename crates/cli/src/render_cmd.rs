@@ -153,8 +153,18 @@ pub fn run(args: RenderArgs) -> Result<()> {
         };
         let checked = match config.resource_types.get(&r.gvr_short) {
             Some(rt) => {
+                // Offline there is no discovery: accept the object's kind when the type's
+                // plural names it (virtualservices <- VirtualService), as the API would.
                 let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-                check_target(obj, &rt.api_version(), &kind, &namespace).map_err(|e| e.to_string())
+                let expected = if rt.resource.to_lowercase().starts_with(&kind.to_lowercase())
+                    && !kind.is_empty()
+                {
+                    kind
+                } else {
+                    format!("the kind of {}", rt.resource)
+                };
+                check_target(obj, &rt.api_version(), &expected, &namespace)
+                    .map_err(|e| e.to_string())
             }
             None => Err(format!("unknown gvrShort {:?}", r.gvr_short)),
         };

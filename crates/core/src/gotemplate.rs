@@ -60,6 +60,97 @@ pub(crate) fn fix_left_trim_comments(src: &str) -> Cow<'_, str> {
     }
 }
 
+/// gotmpl stops parsing at an `{{end}}` or `{{else}}` outside any block and silently drops
+/// the rest of the template; Go reports "unexpected {{end}}". A typo would then render a
+/// truncated routing object (a VirtualService without routes) that the controller would
+/// apply, so such templates are refused here, with Go's message and the line.
+pub(crate) fn check_block_balance(src: &str) -> Result<(), String> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(offset) = src[i..].find("{{") {
+        let open = i + offset;
+        let mut j = open + 2;
+        if src[j..].starts_with('-') && src[j + 1..].starts_with([' ', '\t', '\r', '\n']) {
+            j += 2;
+        }
+        let k = j + whitespace_len(&src[j..]);
+        if src[k..].starts_with("/*") {
+            let Some(end) = src[k + 2..].find("*/") else {
+                return Ok(()); // unclosed comment: the parser reports it
+            };
+            i = k + 2 + end + 2;
+            continue;
+        }
+        let keyword: String = src[k..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let line = src[..open].matches('\n').count() + 1;
+        match keyword.as_str() {
+            "if" | "range" | "with" | "define" | "block" => depth += 1,
+            "end" if depth == 0 => return Err(format!("line {line}: unexpected {{{{end}}}}")),
+            "end" => depth -= 1,
+            "else" if depth == 0 => return Err(format!("line {line}: unexpected {{{{else}}}}")),
+            _ => {}
+        }
+        i = skip_action(src, k);
+    }
+    Ok(())
+}
+
+/// Go rejects a template in which an `if`, `range`, `with`, `define` or `block` has no
+/// `{{end}}` ("unexpected EOF"), or an `{{end}}` closes nothing ("unexpected {{end}}").
+/// gotmpl silently stops parsing at either and renders what came before, so a truncated or
+/// mangled template would be applied. This finds both, with the line of the culprit.
+///
+/// Comments and quoted literals inside actions are skipped. Anything else malformed is left
+/// for the parser to report.
+pub(crate) fn check_blocks(src: &str) -> Result<(), String> {
+    let line_of = |pos: usize| src[..pos].matches('\n').count() + 1;
+    let mut open: Vec<(&str, usize)> = Vec::new();
+    let mut i = 0;
+    while let Some(offset) = src[i..].find("{{") {
+        let start = i + offset;
+        let mut j = start + 2;
+        if src[j..].starts_with('-') && src[j + 1..].starts_with([' ', '\t', '\r', '\n']) {
+            j += 2;
+        }
+        let k = j + whitespace_len(&src[j..]);
+        if src[k..].starts_with("/*") {
+            let Some(end) = src[k + 2..].find("*/") else {
+                return Ok(());
+            };
+            let after = k + 2 + end + 2;
+            let Some(close) = src[after..].find("}}") else {
+                return Ok(());
+            };
+            i = after + close + 2;
+            continue;
+        }
+        let word = src[k..]
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or_default();
+        match word {
+            "if" | "range" | "with" | "define" | "block" => open.push((word, start)),
+            "end" => {
+                if open.pop().is_none() {
+                    return Err(format!("line {}: unexpected {{{{end}}}}", line_of(start)));
+                }
+            }
+            _ => {}
+        }
+        i = skip_action(src, k);
+    }
+    match open.last() {
+        Some((word, start)) => Err(format!(
+            "line {}: unexpected EOF: {{{{{word}}}}} has no {{{{end}}}}",
+            line_of(*start)
+        )),
+        None => Ok(()),
+    }
+}
+
 fn whitespace_len(s: &str) -> usize {
     s.len() - s.trim_start_matches([' ', '\t', '\r', '\n']).len()
 }
@@ -124,6 +215,57 @@ mod tests {
         ];
         for (src, want) in cases {
             assert_eq!(fix_left_trim_comments(src), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn stray_end_and_else_are_refused() {
+        assert!(check_block_balance("a {{ if .X }}b{{ else }}c{{ end }} d").is_ok());
+        assert!(check_block_balance("{{ range .V }}{{ if . }}x{{ end }}{{ end }}").is_ok());
+        assert!(check_block_balance("{{/* {{ end }} */}}{{ print \"{{ end }}\" }}").is_ok());
+        let err = check_block_balance("a\n{{- if .X }}b{{- end }}{{ end }}\nrest").unwrap_err();
+        assert!(
+            err.contains("line 2") && err.contains("unexpected {{end}}"),
+            "{err}"
+        );
+        assert!(check_block_balance("{{ else }}")
+            .unwrap_err()
+            .contains("{{else}}"));
+        assert!(check_block_balance("{{end}}").is_err());
+    }
+
+    #[test]
+    fn unbalanced_blocks() {
+        let ok = [
+            "",
+            "plain",
+            "{{ if .A }}a{{ else if .B }}b{{ else }}c{{ end }}",
+            "{{- range .W }}{{ with . }}x{{ end }}{{- end -}}",
+            "{{ define \"t\" }}x{{ end }}{{ block \"b\" . }}y{{ end }}",
+            "{{/* {{ if }} */}}{{ print \"{{ if\" }}{{ print `{{end}}` }}",
+            "{{ .end }}{{ endx }}{{ iffy }}",
+            "{{ if .A }}{{ break }}{{ end }}",
+        ];
+        for src in ok {
+            assert_eq!(check_blocks(src), Ok(()), "{src}");
+        }
+        let bad = [
+            (
+                "kind: {{ if .W }}x",
+                "line 1: unexpected EOF: {{if}} has no {{end}}",
+            ),
+            (
+                "a\n{{- range .W }}\n{{ if . }}{{ end }}",
+                "line 2: unexpected EOF: {{range}} has no {{end}}",
+            ),
+            ("a\nb {{ end }} c", "line 2: unexpected {{end}}"),
+            (
+                "{{ if . }}{{ end }}{{- end -}}",
+                "line 1: unexpected {{end}}",
+            ),
+        ];
+        for (src, want) in bad {
+            assert_eq!(check_blocks(src).unwrap_err(), want, "{src}");
         }
     }
 

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::availability::Weighing;
 use crate::config::json_type;
-use crate::gotemplate::fix_left_trim_comments;
+use crate::gotemplate::{check_block_balance, fix_left_trim_comments};
 use crate::routemap::Routemap;
 
 /// Largest accepted rendered output, in bytes.
@@ -197,6 +197,14 @@ fn map<const N: usize>(entries: [(&str, TValue); N]) -> TValue {
 
 /// Parses, executes and decodes one template.
 fn render_template(name: &str, source: &str, data: &TValue) -> Result<Option<Value>, RenderError> {
+    check_block_balance(source).map_err(|message| RenderError::Parse {
+        template: name.to_string(),
+        message,
+    })?;
+    check_blocks(source).map_err(|message| RenderError::Parse {
+        template: name.to_string(),
+        message,
+    })?;
     let source = fix_left_trim_comments(source);
     let template = gotmpl::html::Template::new(name)
         .max_range_iters(MAX_RANGE_ITERS)

@@ -304,6 +304,28 @@ fn output_and_loops_are_bounded() {
 }
 
 #[test]
+fn unbalanced_blocks_are_parse_errors() {
+    // gotmpl would stop at the stray `{{end}}` or the end of text and render the part before.
+    for (t, want) in [
+        (
+            "a: 1\n{{ if gt (index .Weights 0) 0 }}\nb: 2\n",
+            "line 2: unexpected EOF: {{if}} has no {{end}}",
+        ),
+        ("a: 1\n{{ end }}\nb: 2\n", "line 2: unexpected {{end}}"),
+    ] {
+        let err = one(t, &[1]).unwrap_err();
+        assert_eq!(
+            err,
+            RenderError::Parse {
+                template: "t".into(),
+                message: want.into()
+            }
+        );
+        assert_eq!(err.category(), "template_parse");
+    }
+}
+
+#[test]
 fn unknown_function_is_a_parse_error() {
     let err = one("{{ toYaml .Labels }}", &[1]).unwrap_err();
     assert_eq!(err.category(), "template_parse", "{err}");
