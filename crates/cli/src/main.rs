@@ -132,6 +132,9 @@ async fn run_controller(args: ControllerArgs) -> Result<()> {
         }
         None => Config::default(),
     };
+    if config.add_finalizer {
+        tracing::warn!("addFinalizer is not supported and is ignored: deletions never wait for this controller");
+    }
     let client = client(args.kubeconfig.as_ref()).await?;
     tracing::info!(
         cluster_scoped = config.cluster_scoped,

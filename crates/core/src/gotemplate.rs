@@ -61,51 +61,15 @@ pub(crate) fn fix_left_trim_comments(src: &str) -> Cow<'_, str> {
 }
 
 /// gotmpl stops parsing at an `{{end}}` or `{{else}}` outside any block and silently drops
-/// the rest of the template; Go reports "unexpected {{end}}". A typo would then render a
-/// truncated routing object (a VirtualService without routes) that the controller would
-/// apply, so such templates are refused here, with Go's message and the line.
-pub(crate) fn check_block_balance(src: &str) -> Result<(), String> {
-    let mut depth = 0usize;
-    let mut i = 0;
-    while let Some(offset) = src[i..].find("{{") {
-        let open = i + offset;
-        let mut j = open + 2;
-        if src[j..].starts_with('-') && src[j + 1..].starts_with([' ', '\t', '\r', '\n']) {
-            j += 2;
-        }
-        let k = j + whitespace_len(&src[j..]);
-        if src[k..].starts_with("/*") {
-            let Some(end) = src[k + 2..].find("*/") else {
-                return Ok(()); // unclosed comment: the parser reports it
-            };
-            i = k + 2 + end + 2;
-            continue;
-        }
-        let keyword: String = src[k..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        let line = src[..open].matches('\n').count() + 1;
-        match keyword.as_str() {
-            "if" | "range" | "with" | "define" | "block" => depth += 1,
-            "end" if depth == 0 => return Err(format!("line {line}: unexpected {{{{end}}}}")),
-            "end" => depth -= 1,
-            "else" if depth == 0 => return Err(format!("line {line}: unexpected {{{{else}}}}")),
-            _ => {}
-        }
-        i = skip_action(src, k);
-    }
-    Ok(())
-}
-
-/// Go rejects a template in which an `if`, `range`, `with`, `define` or `block` has no
-/// `{{end}}` ("unexpected EOF"), or an `{{end}}` closes nothing ("unexpected {{end}}").
-/// gotmpl silently stops parsing at either and renders what came before, so a truncated or
-/// mangled template would be applied. This finds both, with the line of the culprit.
+/// the rest of the template, and accepts an `if`, `range`, `with`, `define` or `block`
+/// without `{{end}}`; Go reports "unexpected {{end}}" and "unexpected EOF". A typo would
+/// then render a truncated routing object (a VirtualService without routes) that the
+/// controller would apply, so such templates are refused here, with Go's message and the
+/// line of the culprit.
 ///
 /// Comments and quoted literals inside actions are skipped. Anything else malformed is left
 /// for the parser to report.
-pub(crate) fn check_blocks(src: &str) -> Result<(), String> {
+pub(crate) fn check_block_balance(src: &str) -> Result<(), String> {
     let line_of = |pos: usize| src[..pos].matches('\n').count() + 1;
     let mut open: Vec<(&str, usize)> = Vec::new();
     let mut i = 0;
@@ -118,13 +82,9 @@ pub(crate) fn check_blocks(src: &str) -> Result<(), String> {
         let k = j + whitespace_len(&src[j..]);
         if src[k..].starts_with("/*") {
             let Some(end) = src[k + 2..].find("*/") else {
-                return Ok(());
+                return Ok(()); // unclosed comment: the parser reports it
             };
-            let after = k + 2 + end + 2;
-            let Some(close) = src[after..].find("}}") else {
-                return Ok(());
-            };
-            i = after + close + 2;
+            i = k + 2 + end + 2;
             continue;
         }
         let word = src[k..]
@@ -133,10 +93,11 @@ pub(crate) fn check_blocks(src: &str) -> Result<(), String> {
             .unwrap_or_default();
         match word {
             "if" | "range" | "with" | "define" | "block" => open.push((word, start)),
-            "end" => {
-                if open.pop().is_none() {
-                    return Err(format!("line {}: unexpected {{{{end}}}}", line_of(start)));
-                }
+            "end" if open.pop().is_none() => {
+                return Err(format!("line {}: unexpected {{{{end}}}}", line_of(start)))
+            }
+            "else" if open.is_empty() => {
+                return Err(format!("line {}: unexpected {{{{else}}}}", line_of(start)))
             }
             _ => {}
         }
@@ -247,7 +208,7 @@ mod tests {
             "{{ if .A }}{{ break }}{{ end }}",
         ];
         for src in ok {
-            assert_eq!(check_blocks(src), Ok(()), "{src}");
+            assert_eq!(check_block_balance(src), Ok(()), "{src}");
         }
         let bad = [
             (
@@ -265,7 +226,7 @@ mod tests {
             ),
         ];
         for (src, want) in bad {
-            assert_eq!(check_blocks(src).unwrap_err(), want, "{src}");
+            assert_eq!(check_block_balance(src).unwrap_err(), want, "{src}");
         }
     }
 

@@ -201,10 +201,6 @@ fn render_template(name: &str, source: &str, data: &TValue) -> Result<Option<Val
         template: name.to_string(),
         message,
     })?;
-    check_blocks(source).map_err(|message| RenderError::Parse {
-        template: name.to_string(),
-        message,
-    })?;
     let source = fix_left_trim_comments(source);
     let template = gotmpl::html::Template::new(name)
         .max_range_iters(MAX_RANGE_ITERS)
@@ -308,15 +304,31 @@ pub fn check_target(
         .get("apiVersion")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    let found_kind = top.get("kind").and_then(Value::as_str).unwrap_or_default();
+    // Name the object, so that two refusals of one routemap can be told apart.
+    let what = {
+        let shown_kind = if found_kind.is_empty() {
+            "object"
+        } else {
+            found_kind
+        };
+        match top
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+        {
+            Some(n) if !n.is_empty() => format!("{shown_kind} {n}"),
+            _ => shown_kind.to_string(),
+        }
+    };
     if found_api != api_version {
         return refuse(format!(
-            "apiVersion {found_api:?} is not the template type's {api_version:?}"
+            "{what}: apiVersion {found_api:?} is not the template type's {api_version:?}"
         ));
     }
-    let found_kind = top.get("kind").and_then(Value::as_str).unwrap_or_default();
     if found_kind != kind {
         return refuse(format!(
-            "kind {found_kind:?} is not the template type's {kind:?}"
+            "{what}: kind {found_kind:?} is not the template type's {kind:?}"
         ));
     }
     let Some(Value::Object(metadata)) = top.get_mut("metadata") else {

@@ -531,6 +531,8 @@ impl Controller {
                     warnings.join("; "),
                 )
                 .await;
+        } else {
+            self.writer.clear(key, "routemap");
         }
 
         // Snapshot just the objects this routemap reads, then weigh and render without the lock.
@@ -566,13 +568,18 @@ impl Controller {
                     weighing.problems.join("; "),
                 )
                 .await;
+        } else {
+            self.writer.clear(key, "resources");
         }
         let mut retry = false;
         for rendered in render(&record.meta, rm, &weighing) {
             let subject = format!("template {}", rendered.template);
             let obj = match rendered.result {
                 Ok(Some(obj)) => obj,
-                Ok(None) => continue,
+                Ok(None) => {
+                    self.writer.clear(key, &subject);
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(routemap = %key, template = %rendered.template, error = %e, "routing template failed");
                     self.metrics.error(e.category());
@@ -601,7 +608,7 @@ impl Controller {
                         .event(key, &uid, &subject, EventType::Normal, "Applied", note)
                         .await;
                 }
-                Ok(None) => {}
+                Ok(None) => self.writer.clear(key, &subject),
                 Err(ApplyFailure::User(msg)) => {
                     tracing::warn!(routemap = %key, template = %rendered.template, error = %msg, "refused routing object");
                     self.metrics.error("target");
@@ -612,7 +619,7 @@ impl Controller {
                             &subject,
                             EventType::Warning,
                             "RefusedObject",
-                            msg,
+                            format!("routing template {}: {msg}", rendered.template),
                         )
                         .await;
                 }

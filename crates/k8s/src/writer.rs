@@ -5,8 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::events::EventType;
 use kube::Client;
 use serde_json::{json, Value};
 
@@ -29,10 +32,30 @@ pub enum WriteError {
 /// Type, reason and note of the last Event published about one subject.
 type LastEvent = (EventType, String, String);
 
+/// What makes two Events the same: routemap (and its uid), type, reason and note.
+type SeriesKey = (RoutemapKey, String, &'static str, String, String);
+
+/// An Event object published recently; the same Event again extends it as a series.
+#[derive(Clone)]
+struct Published {
+    name: String,
+    count: i32,
+    last: Timestamp,
+}
+
+/// How long an Event object is extended before a new one is created (as client-go does).
+const SERIES_TTL: SignedDuration = SignedDuration::from_mins(6);
+
 /// The single writer.
 pub struct Writer {
     client: Client,
-    recorder: Recorder,
+    /// `reportingController` and `reportingInstance` of Events.
+    controller: String,
+    instance: String,
+    /// Recent Event objects by what they say. Unlike kube's `Recorder`, whose series key
+    /// leaves out the note (so a second, different problem with the same reason would only
+    /// bump the count of the first Event and never be shown), the note is part of the key.
+    published: Mutex<HashMap<SeriesKey, Published>>,
     leadership: Leadership,
     pub metrics: Arc<Metrics>,
     /// Last Event per (routemap, subject): identical Events are not repeated.
@@ -46,12 +69,10 @@ impl Writer {
         instance: Option<String>,
         metrics: Arc<Metrics>,
     ) -> Writer {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.into(),
-            instance,
-        };
         Writer {
-            recorder: Recorder::new(client.clone(), reporter),
+            controller: FIELD_MANAGER.into(),
+            instance: instance.unwrap_or_else(|| FIELD_MANAGER.into()),
+            published: Mutex::default(),
             client,
             leadership,
             metrics,
@@ -173,28 +194,14 @@ impl Writer {
             }
             last.insert(dedup_key, value);
         }
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("ConfigMap".into()),
-            name: Some(routemap.name.clone()),
-            namespace: Some(routemap.namespace.clone()),
-            uid: Some(uid.to_string()),
-            ..Default::default()
+        let t = match type_ {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
         };
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            // Events carry at most 1 kB of note.
-            note: Some(truncate(&note, 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        match self.recorder.publish(&ev, &reference).await {
+        // Events carry at most 1 kB of note.
+        let note = truncate(&note, 1000);
+        match self.publish(routemap, uid, t, reason, note).await {
             Ok(()) => {
-                let t = match type_ {
-                    EventType::Normal => "Normal",
-                    EventType::Warning => "Warning",
-                };
                 self.metrics
                     .events
                     .get_or_create(&vec![("type", t.to_string())])
@@ -204,12 +211,101 @@ impl Writer {
         }
     }
 
+    /// Creates an events.k8s.io/v1 Event on the routemap, or, when the same Event (same
+    /// type, reason and note) was created less than [`SERIES_TTL`] ago, extends that one
+    /// as a series.
+    async fn publish(
+        &self,
+        routemap: &RoutemapKey,
+        uid: &str,
+        type_: &'static str,
+        reason: &str,
+        note: String,
+    ) -> Result<(), kube::Error> {
+        let now = Timestamp::now();
+        let key: SeriesKey = (
+            routemap.clone(),
+            uid.to_string(),
+            type_,
+            reason.to_string(),
+            note.clone(),
+        );
+        let prior = {
+            let mut published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+            published.retain(|_, p| p.last + SERIES_TTL > now);
+            published.get(&key).cloned()
+        };
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &routemap.namespace);
+        if let Some(p) = prior {
+            let count = p.count + 1;
+            let patch = json!({"series": {"count": count, "lastObservedTime": MicroTime(now)}});
+            match api
+                .patch(&p.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    self.remember(key, p.name, count, now);
+                    return Ok(());
+                }
+                // Expired or deleted: create a new one.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let event = K8sEvent {
+            action: Some("Reconcile".into()),
+            reason: Some(reason.to_string()),
+            note: Some(note),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("ConfigMap".into()),
+                name: Some(routemap.name.clone()),
+                namespace: Some(routemap.namespace.clone()),
+                uid: Some(uid.to_string()),
+                ..Default::default()
+            }),
+            metadata: ObjectMeta {
+                namespace: Some(routemap.namespace.clone()),
+                name: Some(format!("{}.{:x}", routemap.name, now.as_nanosecond())),
+                ..Default::default()
+            },
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(type_.to_string()),
+            ..Default::default()
+        };
+        let created = api.create(&PostParams::default(), &event).await?;
+        self.remember(key, created.metadata.name.unwrap_or_default(), 1, now);
+        Ok(())
+    }
+
+    fn remember(&self, key: SeriesKey, name: String, count: i32, last: Timestamp) {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, Published { name, count, last });
+    }
+
+    /// Forgets the last Event about `subject`, which is fine now: the same Event is
+    /// published again if the problem comes back.
+    pub fn clear(&self, routemap: &RoutemapKey, subject: &str) {
+        self.last_events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(routemap.clone(), subject.to_string()));
+    }
+
     /// Forgets the Events of a deleted routemap.
     pub fn forget(&self, routemap: &RoutemapKey) {
         self.last_events
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(k, _), _| k != routemap);
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(k, ..), _| k != routemap);
     }
 }
 

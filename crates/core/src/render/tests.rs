@@ -359,16 +359,16 @@ fn check_target_guards() {
         ),
         (
             json!({"apiVersion": api, "kind": "Secret", "metadata": {"name": "x"}}),
-            "refusing rendered object: kind \"Secret\" is not the template type's \"VirtualService\"",
+            "refusing rendered object: Secret x: kind \"Secret\" is not the template type's \"VirtualService\"",
         ),
         (
             json!({"apiVersion": "v1", "kind": "VirtualService", "metadata": {"name": "x"}}),
-            "refusing rendered object: apiVersion \"v1\" is not the template type's \
+            "refusing rendered object: VirtualService x: apiVersion \"v1\" is not the template type's \
              \"networking.istio.io/v1beta1\"",
         ),
         (
             json!({"kind": "VirtualService", "metadata": {"name": "x"}}),
-            "refusing rendered object: apiVersion \"\" is not the template type's \
+            "refusing rendered object: VirtualService x: apiVersion \"\" is not the template type's \
              \"networking.istio.io/v1beta1\"",
         ),
         (
@@ -383,6 +383,11 @@ fn check_target_guards() {
             json!({"apiVersion": api, "kind": "VirtualService", "metadata": {"name": "x", "namespace": 3}}),
             "refusing rendered object: VirtualService x is in namespace \"3\", not the routemap's \
              namespace \"default\"",
+        ),
+        (
+            json!({"apiVersion": "v1", "metadata": {}}),
+            "refusing rendered object: object: apiVersion \"v1\" is not the template type's \
+             \"networking.istio.io/v1beta1\"",
         ),
         (json!(["a"]), "refusing rendered object: it is not an object"),
     ];
