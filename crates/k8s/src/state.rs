@@ -205,11 +205,6 @@ impl State {
         self.routemaps.keys().cloned().collect()
     }
 
-    /// Every routemap in `namespace` (used when a whole list is replaced).
-    pub fn routemaps_in_scope(&self) -> usize {
-        self.routemaps.len()
-    }
-
     /// A watched object, if present.
     pub fn object(&self, key: &ObjectKey) -> Option<Observed> {
         self.objects.get(key).cloned()
