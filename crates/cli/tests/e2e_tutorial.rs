@@ -1,0 +1,226 @@
+//! The seed tutorial ("Canary release of a KServe ML model") end to end: the controller chart
+//! installed for real with Helm (namespace-scoped: its Role alone must suffice), the `iter8`
+//! binary running with the chart's ServiceAccount token, and the tutorial's three
+//! `helm upgrade --install wisdom charts/release -f -` steps with its values verbatim, KServe's
+//! part played by writing InferenceService status as KServe does. The release namespace is the
+//! test's, so the expected objects name it instead of `default`.
+
+#![allow(clippy::unwrap_used)]
+
+mod e2e;
+
+use e2e::*;
+use kube::Client;
+use serde_json::Value;
+use testenv::ControlPlane;
+
+/// Step 1 of the tutorial, verbatim.
+pub const STEP1: &str = r#"environment: kserve
+application: 
+  metadata:
+    labels:
+      app.kubernetes.io/name: wisdom
+  versions:
+  - metadata:
+      labels:
+        app.kubernetes.io/version: v0
+    modelFormat: sklearn
+    runtime: kserve-mlserver
+    storageUri: "gs://seldon-models/sklearn/mms/lr_model"
+  strategy: canary
+"#;
+
+/// Step 2 of the tutorial, verbatim.
+pub const STEP2: &str = r#"environment: kserve
+application: 
+  metadata:
+    labels:
+      app.kubernetes.io/name: wisdom
+  versions:
+  - metadata:
+      labels:
+        app.kubernetes.io/version: v0
+    modelFormat: sklearn
+    runtime: kserve-mlserver
+    storageUri: "gs://seldon-models/sklearn/mms/lr_model"
+  - metadata:
+      labels:
+        app.kubernetes.io/version: v1
+    modelFormat: sklearn
+    runtime: kserve-mlserver
+    storageUri: "gs://seldon-models/sklearn/mms/lr_model"
+  strategy: canary
+"#;
+
+/// Step 3 of the tutorial, verbatim.
+pub const STEP3: &str = r#"environment: kserve
+application: 
+  metadata:
+    labels:
+      app.kubernetes.io/name: wisdom
+  versions:
+  - metadata:
+      labels:
+        app.kubernetes.io/version: v1
+    modelFormat: sklearn
+    runtime: kserve-mlserver
+    storageUri: "gs://seldon-models/sklearn/mms/lr_model"
+  strategy: canary
+"#;
+
+const ISVCS: &str = "inferenceservices.serving.kserve.io";
+
+/// The VirtualService spec of spec section 4 for a step, in namespace `ns`.
+fn expected_vs_spec(ns: &str, step: u8) -> Value {
+    let text = match step {
+        1 => include_str!("../../core/testdata/kserve-canary/virtualservice-step1.yaml"),
+        _ => include_str!("../../core/testdata/kserve-canary/virtualservice-step2.yaml"),
+    };
+    let v: Value = serde_yaml::from_str(&text.replace("default", ns)).unwrap();
+    v["spec"].clone()
+}
+
+fn label<'a>(obj: &'a kube::api::DynamicObject, key: &str) -> Option<&'a str> {
+    obj.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map(String::as_str)
+}
+
+/// Plays the tutorial in `ns` against a running controller, then `helm delete wisdom`.
+async fn play_tutorial(cp: &ControlPlane, iter8: &Iter8, client: &Client, ns: &str) {
+    // Step 1: the primary.
+    helm_release(cp, ns, "wisdom", STEP1);
+    let isvc = get(client, &isvc_ar(), ns, "wisdom-0").await.unwrap();
+    assert_eq!(label(&isvc, "iter8.tools/watch"), Some("true"));
+    assert_eq!(label(&isvc, "app.kubernetes.io/version"), Some("v0"));
+    let svc = get(client, &svc_ar(), ns, "wisdom").await.unwrap();
+    assert_eq!(svc.data["spec"]["type"], "ExternalName");
+    assert_eq!(
+        svc.data["spec"]["externalName"],
+        "knative-local-gateway.istio-system.svc.cluster.local"
+    );
+    kserve_not_ready(client, ns, "wisdom-0").await;
+    kserve_ready(client, ns, "wisdom-0").await;
+    let vs = wait_obj(
+        client,
+        &vs_ar(),
+        ns,
+        "wisdom",
+        "the step-1 VirtualService",
+        |vs| route_names(vs) == ["wisdom-0"],
+    )
+    .await;
+    assert_eq!(vs.data["spec"], expected_vs_spec(ns, 1));
+    assert_owned_by_routemap(client, &vs, ns, "wisdom-routemap").await;
+
+    // Step 2: the candidate. Not ready yet: routing does not change.
+    helm_release(cp, ns, "wisdom", STEP2);
+    let primary = get(client, &isvc_ar(), ns, "wisdom-0").await.unwrap();
+    assert_eq!(
+        primary.metadata.generation,
+        Some(1),
+        "helm changed wisdom-0's spec"
+    );
+    kserve_not_ready(client, ns, "wisdom-1").await;
+    iter8.settled(ISVCS, 2).await;
+    let unchanged = get(client, &vs_ar(), ns, "wisdom").await.unwrap();
+    assert_eq!(route_names(&unchanged), ["wisdom-0"]);
+    assert_eq!(
+        unchanged.metadata.resource_version, vs.metadata.resource_version,
+        "routing changed before wisdom-1 was ready"
+    );
+    // Ready: requests with `traffic: test` go to wisdom-1, all others to wisdom-0.
+    kserve_ready(client, ns, "wisdom-1").await;
+    let vs = wait_obj(
+        client,
+        &vs_ar(),
+        ns,
+        "wisdom",
+        "the candidate route",
+        |vs| route_names(vs) == ["wisdom-1", "wisdom-0"],
+    )
+    .await;
+    assert_eq!(vs.data["spec"], expected_vs_spec(ns, 2));
+    assert_eq!(
+        vs.data["spec"]["http"][0]["match"][0]["headers"]["traffic"]["exact"],
+        "test"
+    );
+
+    // Step 3: promote. wisdom-0 takes the v1 labels (same model, so the same spec and KServe
+    // keeps it Ready), wisdom-1 is deleted, routing returns to the step-1 form.
+    helm_release(cp, ns, "wisdom", STEP3);
+    wait_gone(client, ns, &[(isvc_ar(), "wisdom-1")]).await;
+    let promoted = get(client, &isvc_ar(), ns, "wisdom-0").await.unwrap();
+    assert_eq!(label(&promoted, "app.kubernetes.io/version"), Some("v1"));
+    let vs = wait_obj(
+        client,
+        &vs_ar(),
+        ns,
+        "wisdom",
+        "the step-3 VirtualService",
+        |vs| route_names(vs) == ["wisdom-0"],
+    )
+    .await;
+    assert_eq!(vs.data["spec"], expected_vs_spec(ns, 1));
+    iter8.settled(ISVCS, 1).await;
+    let vs = get(client, &vs_ar(), ns, "wisdom").await.unwrap();
+    assert_eq!(vs.data["spec"], expected_vs_spec(ns, 1));
+
+    // Cleanup: everything goes, routing included.
+    helm(cp, ns, &["delete", "wisdom"], None);
+    wait_gone(
+        client,
+        ns,
+        &[
+            (vs_ar(), "wisdom"),
+            (isvc_ar(), "wisdom-0"),
+            (svc_ar(), "wisdom"),
+            (cm_ar(), "wisdom-routemap"),
+        ],
+    )
+    .await;
+    assert!(names(client, &isvc_ar(), ns).await.is_empty());
+    assert!(names(client, &vs_ar(), ns).await.is_empty());
+}
+
+#[tokio::test]
+async fn tutorial_with_namespace_scoped_controller_chart() {
+    let cp = testenv::shared().unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("e2e-tutorial").await.unwrap();
+    let iter8 = install_controller(cp, &ns, false, &[]).await;
+
+    play_tutorial(cp, &iter8, &client, &ns).await;
+
+    assert!(iter8.metric("iter8_leader").await == 1.0);
+    iter8.assert_clean_log();
+}
+
+/// The tutorial's own install (`--set clusterScoped=true --set logLevel=trace`): the controller
+/// in one namespace, the application in another. A control plane of its own, so this
+/// controller cannot see the other tests' namespaces.
+#[tokio::test]
+async fn tutorial_with_cluster_scoped_controller_chart() {
+    let cp = ControlPlane::start(testenv::Options {
+        controller_manager: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = cp.client().await.unwrap();
+    let controller_ns = cp.namespace("e2e-iter8").await.unwrap();
+    let app_ns = cp.namespace("e2e-tutorial").await.unwrap();
+    let iter8 = install_controller(
+        &cp,
+        &controller_ns,
+        true,
+        &["image=kalantar/iter8:20231004-1030", "logLevel=trace"],
+    )
+    .await;
+
+    play_tutorial(&cp, &iter8, &client, &app_ns).await;
+
+    iter8.assert_clean_log();
+}

@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# The seed tutorial ("Canary release of a KServe ML model"), end to end, on a local control
+# plane: real etcd + kube-apiserver + kube-controller-manager (garbage collector), real Helm
+# and kubectl, the real charts and the real `iter8` controller binary.
+#
+# What is not real: there are no nodes, so no pod ever runs and no model is served. The
+# controller chart's Deployment stays Pending; the demo runs the controller binary on this
+# machine instead, with the chart's ServiceAccount token, so the chart's RBAC is what it gets.
+# And KServe is not running: the demo writes InferenceService status itself, through the
+# status subresource, exactly as KServe would once a model is loaded.
+#
+# Usage: make demo     (or scripts/demo.sh after `make setup build`)
+# Env:   DEMO_TIMEOUT  seconds to wait for each expected state (default 60)
+#        IMG           controller image set in the chart (default iter8-rs/iter8:0.1.0)
+# Exits non-zero as soon as an expectation fails, printing the controller's last log lines.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+# shellcheck source=../testenv/versions.env
+source testenv/versions.env
+cache=${ITER8RS_CACHE:-$HOME/.cache/iter8rs}
+KUBECTL=$cache/kubernetes-$KUBERNETES_VERSION/bin/kubectl
+HELM=$cache/helm-$HELM_VERSION/bin/helm
+ITER8=${ITER8_BIN:-$root/target/debug/iter8}
+CHARTS=$root/charts
+IMG=${IMG:-iter8-rs/iter8:0.1.0}
+TIMEOUT=${DEMO_TIMEOUT:-60}
+
+for f in "$KUBECTL" "$HELM"; do
+  [ -x "$f" ] || { echo "demo: $f is missing; run 'make setup'" >&2; exit 1; }
+done
+[ -x "$ITER8" ] || { echo "demo: $ITER8 is missing; run 'make build'" >&2; exit 1; }
+kubectl() { "$KUBECTL" "$@"; }
+helm() { "$HELM" "$@"; }
+
+# ---------------------------------------------------------------------------------------
+# Output helpers and clean-up.
+
+bold=$'\e[1m' green=$'\e[32m' red=$'\e[31m' dim=$'\e[2m' off=$'\e[0m'
+if [ ! -t 1 ]; then bold='' green='' red='' dim='' off=''; fi
+section() { printf '\n%s== %s%s\n' "$bold" "$*" "$off"; }
+say() { printf '%s\n' "$*"; }
+ok() { printf '%s  ok%s %s\n' "$green" "$off" "$*"; }
+run() { printf '%s$ %s%s\n' "$dim" "$*" "$off"; "$@"; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/iter8-demo.XXXXXX")
+export KUBECONFIG=$work/kubeconfig
+plane_pid='' controller_pid='' started=$SECONDS
+
+fail() {
+  printf '\n%sFAILED:%s %s\n' "$red" "$off" "$*" >&2
+  if [ -s "$work/controller.log" ]; then
+    echo "--- last lines of the controller log ---" >&2
+    tail -n 30 "$work/controller.log" >&2
+  fi
+  exit 1
+}
+
+stop() { # stop PID: SIGTERM, then SIGKILL if it has not gone after 10s
+  local pid=$1 i
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  stop "$controller_pid"
+  stop "$plane_pid"
+  rm -rf "$work"
+  if [ "$status" = 0 ]; then
+    printf '\n%sDemo passed%s in %ss.\n' "$green" "$off" "$((SECONDS - started))"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# wait_for WHAT COMMAND...: polls COMMAND until it succeeds, failing after $TIMEOUT seconds.
+wait_for() {
+  local what=$1 deadline=$((SECONDS + TIMEOUT))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    if [ -n "$controller_pid" ] && ! kill -0 "$controller_pid" 2>/dev/null; then
+      fail "the controller exited while waiting for $what"
+    fi
+    ((SECONDS < deadline)) || fail "timed out after ${TIMEOUT}s waiting for $what"
+    sleep 0.2
+  done
+  ok "$what"
+}
+
+# ---------------------------------------------------------------------------------------
+# Checks of the cluster's state (each succeeds or fails; no output).
+
+# Route names of VirtualService wisdom, space-separated, in order.
+routes() { kubectl get virtualservice wisdom -o jsonpath='{.spec.http[*].name}'; }
+routes_are() { [ "$(routes 2>/dev/null)" = "$*" ]; }
+gone() { [ -z "$(kubectl get "$@" --ignore-not-found -o name)" ]; }
+exists() { kubectl get "$@" -o name >/dev/null; }
+
+# The controller's Prometheus metrics; "settled" = it has listed everything, sees N
+# InferenceServices and has no work queued, so it has reacted to all we did.
+metric() { curl -fsS "http://$admin/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+settled_with_isvcs() {
+  [ "$(metric 'iter8_watched_objects{resource="inferenceservices.serving.kserve.io"}')" = "$1" ] &&
+    [ "$(metric iter8_queue_depth)" = 0 ]
+}
+
+# Shows VirtualService wisdom's routes: which requests go to which version.
+show_routes() {
+  say "VirtualService wisdom, routes in order (the first that matches a request wins):"
+  kubectl get virtualservice wisdom -o jsonpath='{range .spec.http[*]}{.name}|{.match}|{.route[*].headers.request.set.Host}{"\n"}{end}' |
+    while IFS='|' read -r name match host; do
+      if [ -n "$match" ]; then match="requests matching $match"; else match="all other requests"; fi
+      printf '  %-9s %-52s -> %s\n' "$name" "$match" "$host"
+    done
+}
+
+# ---------------------------------------------------------------------------------------
+# What KServe would write once it has (or has not yet) served a model: the status of an
+# InferenceService in Serverless mode (see shared/spec/kserve-status.md).
+
+isvc_status() { # isvc_status NAME ready|not-ready OBSERVED_GENERATION
+  local n=$1 ns=default gen=$3 t
+  t=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  if [ "$2" = ready ]; then
+    cat <<EOF
+{"status": {
+  "address": {"url": "http://$n.$ns.svc.cluster.local"},
+  "components": {"predictor": {
+    "address": {"url": "http://$n-predictor.$ns.svc.cluster.local"},
+    "latestCreatedRevision": "$n-predictor-0000$gen", "latestReadyRevision": "$n-predictor-0000$gen",
+    "latestRolledoutRevision": "$n-predictor-0000$gen",
+    "traffic": [{"latestRevision": true, "percent": 100, "revisionName": "$n-predictor-0000$gen"}],
+    "url": "http://$n-predictor.$ns.example.com"}},
+  "conditions": [
+    {"type": "IngressReady", "status": "True", "lastTransitionTime": "$t"},
+    {"type": "LatestDeploymentReady", "status": "True", "severity": "Info", "lastTransitionTime": "$t"},
+    {"type": "PredictorConfigurationReady", "status": "True", "severity": "Info", "lastTransitionTime": "$t"},
+    {"type": "PredictorReady", "status": "True", "lastTransitionTime": "$t"},
+    {"type": "PredictorRouteReady", "status": "True", "severity": "Info", "lastTransitionTime": "$t"},
+    {"type": "Ready", "status": "True", "lastTransitionTime": "$t"},
+    {"type": "RoutesReady", "status": "True", "severity": "Info", "lastTransitionTime": "$t"},
+    {"type": "Stopped", "status": "False", "severity": "Info", "lastTransitionTime": "$t"}],
+  "deploymentMode": "Knative",
+  "modelStatus": {"copies": {"failedCopies": 0, "totalCopies": 1},
+    "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"}, "transitionStatus": "UpToDate"},
+  "observedGeneration": $gen,
+  "url": "http://$n.$ns.example.com"}}
+EOF
+  else
+    cat <<EOF
+{"status": {
+  "conditions": [
+    {"type": "IngressReady", "status": "Unknown", "reason": "Predictor ingress not created", "lastTransitionTime": "$t"},
+    {"type": "PredictorReady", "status": "Unknown", "reason": "RevisionMissing",
+     "message": "Configuration \"$n-predictor\" is waiting for a Revision to become ready.", "lastTransitionTime": "$t"},
+    {"type": "Ready", "status": "Unknown", "reason": "Predictor ingress not created", "lastTransitionTime": "$t"},
+    {"type": "Stopped", "status": "False", "severity": "Info", "lastTransitionTime": "$t"}],
+  "deploymentMode": "Knative",
+  "modelStatus": {"copies": {"failedCopies": 0}, "states": {"activeModelState": "", "targetModelState": "Pending"},
+    "transitionStatus": "InProgress"},
+  "observedGeneration": $gen}}
+EOF
+  fi
+}
+
+kserve_reports() { # kserve_reports NAME ready|not-ready
+  local gen
+  gen=$(kubectl get inferenceservice "$1" -o jsonpath='{.metadata.generation}')
+  say "[standing in for KServe, since no model server runs here] InferenceService $1 is $2:"
+  printf "%s\$ kubectl patch inferenceservice %s --subresource=status --type=merge -p '<KServe's %s status, observedGeneration %s>'%s\n" \
+    "$dim" "$1" "$2" "$gen" "$off"
+  kubectl patch inferenceservice "$1" --subresource=status --type=merge -p "$(isvc_status "$1" "$2" "$gen")"
+  run kubectl get inferenceservice "$1"
+}
+
+# ---------------------------------------------------------------------------------------
+section "Start a local control plane (etcd, kube-apiserver, kube-controller-manager)"
+cargo run -q -p testenv -- up --kubeconfig "$KUBECONFIG" >"$work/control-plane.log" 2>&1 &
+plane_pid=$!
+# `testenv up` writes the kubeconfig once the API server is ready and the CRDs of KServe,
+# Istio and the Gateway API are established.
+deadline=$((SECONDS + 120))
+until [ -s "$KUBECONFIG" ]; do
+  kill -0 "$plane_pid" 2>/dev/null || { cat "$work/control-plane.log" >&2; fail "the control plane did not start"; }
+  ((SECONDS < deadline)) || fail "the control plane was not ready after 120s"
+  sleep 0.2
+done
+kubectl get --raw /readyz >/dev/null || fail "kube-apiserver is not ready"
+ok "control plane up at $(kubectl config view -o jsonpath='{.clusters[0].cluster.server}')"
+run kubectl get crd inferenceservices.serving.kserve.io virtualservices.networking.istio.io
+
+# ---------------------------------------------------------------------------------------
+section "Install the Iter8 controller"
+export IMG
+run helm upgrade --install iter8 "$CHARTS/controller" \
+  --set image="$IMG" --set logLevel=trace \
+  --set clusterScoped=true
+say "No node runs pods here, so the chart's Deployment stays Pending. Run the same binary on"
+say "this machine instead, as the chart's ServiceAccount, with the configuration the chart rendered:"
+kubectl get configmap iter8 -o jsonpath='{.data.config\.yaml}' >"$work/config.yaml"
+token=$(kubectl create token iter8 --duration=2h)
+kubectl config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$work/ca.crt"
+server=$(kubectl config view -o jsonpath='{.clusters[0].cluster.server}')
+sa_kubeconfig=$work/iter8-sa.kubeconfig
+(
+  export KUBECONFIG=$sa_kubeconfig
+  kubectl config set-cluster local --server="$server" --certificate-authority="$work/ca.crt" --embed-certs >/dev/null
+  kubectl config set-credentials iter8 --token="$token" >/dev/null
+  kubectl config set-context iter8 --cluster=local --user=iter8 --namespace=default >/dev/null
+  kubectl config use-context iter8 >/dev/null
+)
+say "$ POD_NAME=iter8-0 POD_NAMESPACE=default iter8 controller --config config.yaml --kubeconfig iter8-sa.kubeconfig --admin-address 127.0.0.1:0 &"
+NO_COLOR=1 POD_NAME=iter8-0 POD_NAMESPACE=default "$ITER8" controller \
+  --config "$work/config.yaml" --kubeconfig "$sa_kubeconfig" \
+  --log-level info --admin-address 127.0.0.1:0 >"$work/controller.log" 2>&1 &
+controller_pid=$!
+# The log line "admin server listening address=127.0.0.1:PORT" (colours stripped) gives the port.
+admin_address() { sed -e 's/\x1b\[[0-9;]*m//g' "$work/controller.log" | sed -n 's/.*admin server listening.*address=\([0-9.:]*\).*/\1/p' | head -n1; }
+listening() { [ -n "$(admin_address)" ]; }
+wait_for "the controller's admin server to listen" listening
+admin=$(admin_address)
+readyz() { curl -fsS "http://$admin/readyz"; }
+wait_for "the controller to be ready (http://$admin/readyz)" readyz
+run kubectl auth can-i create virtualservices.networking.istio.io --as=system:serviceaccount:default:iter8
+
+# ---------------------------------------------------------------------------------------
+section "Step 1: deploy the initial version"
+run_helm_step() { say "$ cat <<EOF | helm upgrade --install wisdom \$CHARTS/release -f -  (values as in the tutorial)"; helm upgrade --install wisdom "$CHARTS/release" -f - >/dev/null; ok "helm release wisdom: revision $(helm history wisdom -o json | jq length)"; }
+cat <<EOF | run_helm_step
+environment: kserve
+application: 
+  metadata:
+    labels:
+      app.kubernetes.io/name: wisdom
+  versions:
+  - metadata:
+      labels:
+        app.kubernetes.io/version: v0
+    modelFormat: sklearn
+    runtime: kserve-mlserver
+    storageUri: "gs://seldon-models/sklearn/mms/lr_model"
+  strategy: canary
+EOF
+run kubectl get inferenceservices,services,configmaps
+run kubectl get service wisdom -o jsonpath='{.spec.type} -> {.spec.externalName}{"\n"}'
+kserve_reports wisdom-0 ready
+wait_for "VirtualService wisdom routes every request to wisdom-0" routes_are wisdom-0
+show_routes
+
+# ---------------------------------------------------------------------------------------
+section "Step 2: deploy the candidate"
+cat <<EOF | run_helm_step
+environment: kserve
+application: 
+  metadata:
+    labels:
+      app.kubernetes.io/name: wisdom
+  versions:
+  - metadata:
+      labels:
+        app.kubernetes.io/version: v0
+    modelFormat: sklearn
+    runtime: kserve-mlserver
+    storageUri: "gs://seldon-models/sklearn/mms/lr_model"
+  - metadata:
+      labels:
+        app.kubernetes.io/version: v1
+    modelFormat: sklearn
+    runtime: kserve-mlserver
+    storageUri: "gs://seldon-models/sklearn/mms/lr_model"
+  strategy: canary
+EOF
+wait_for "InferenceService wisdom-1 exists" exists inferenceservice wisdom-1
+kserve_reports wisdom-1 not-ready
+wait_for "the controller to see both InferenceServices and finish its work" settled_with_isvcs 2
+routes_are wisdom-0 || fail "routing changed before wisdom-1 was ready: routes $(routes)"
+ok "while wisdom-1 is not ready, routing is unchanged"
+show_routes
+kserve_reports wisdom-1 ready
+wait_for "VirtualService wisdom routes 'traffic: test' to wisdom-1, the rest to wisdom-0" routes_are wisdom-1 wisdom-0
+header=$(kubectl get virtualservice wisdom -o jsonpath='{.spec.http[0].match[0].headers.traffic.exact}')
+[ "$header" = test ] || fail "wisdom-1's route matches traffic=$header, expected test"
+show_routes
+
+# ---------------------------------------------------------------------------------------
+section "Step 3: promote the candidate"
+cat <<EOF | run_helm_step
+environment: kserve
+application: 
+  metadata:
+    labels:
+      app.kubernetes.io/name: wisdom
+  versions:
+  - metadata:
+      labels:
+        app.kubernetes.io/version: v1
+    modelFormat: sklearn
+    runtime: kserve-mlserver
+    storageUri: "gs://seldon-models/sklearn/mms/lr_model"
+  strategy: canary
+EOF
+wait_for "InferenceService wisdom-1 is deleted" gone inferenceservice wisdom-1
+run kubectl get inferenceservice wisdom-0 -o jsonpath='wisdom-0: generation {.metadata.generation}, version label {.metadata.labels.app\.kubernetes\.io/version}{"\n"}'
+say "wisdom-0 now carries the v1 labels; its model is the same, so KServe keeps it Ready."
+wait_for "the controller to see one InferenceService and finish its work" settled_with_isvcs 1
+wait_for "VirtualService wisdom routes every request to wisdom-0 again" routes_are wisdom-0
+show_routes
+
+# ---------------------------------------------------------------------------------------
+section "Clean up"
+run helm delete wisdom
+wait_for "VirtualService wisdom is gone" gone virtualservice wisdom
+wait_for "InferenceServices are gone" gone inferenceservices -l app.kubernetes.io/name=wisdom
+wait_for "Service wisdom is gone" gone service wisdom
+wait_for "routemap wisdom-routemap is gone" gone configmap wisdom-routemap
+run kubectl get virtualservices,inferenceservices,services,configmaps
+errors=$(sed -e 's/\x1b\[[0-9;]*m//g' "$work/controller.log" | grep -c ' ERROR ' || true)
+[ "$errors" = 0 ] || fail "the controller logged $errors errors"
+ok "the controller logged no errors"
