@@ -87,9 +87,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     iter8_core::config::parse_go_duration(s)
 }
 
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+fn init_logging(level: &str, format: LogFormat) -> Result<()> {
+    // A bare level applies to our crates; libraries (kube, hyper, rustls) stay at warn so that
+    // `trace` shows the controller's decisions, not every TLS record. A full filter
+    // (with `=` or `,`) is used as given.
+    let level = level.trim().to_lowercase();
+    let level = if level == "warning" { "warn".to_string() } else { level };
+    let directives = if level.contains('=') || level.contains(',') {
+        level
+    } else {
+        format!("warn,iter8={level},iter8_k8s={level},iter8_core={level}")
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| {
+        anyhow::anyhow!("invalid --log-level {level:?} (use trace, debug, info, warn or error): {e}")
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -97,12 +108,13 @@ fn init_logging(level: &str, format: LogFormat) {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
+    init_logging(&cli.log_level, cli.log_format)?;
     match cli.command {
         Command::Controller(args) => run_controller(args).await,
         Command::Render(args) => render_cmd::run(args),

@@ -135,9 +135,16 @@ impl Controller {
         self.queue.len()
     }
 
-    /// Watched objects by type.
+    /// Watched objects by type, every configured type included (zero when none).
     pub fn watched_counts(&self) -> BTreeMap<String, usize> {
-        self.lock_state().counts_by_type()
+        let mut counts: BTreeMap<String, usize> = self
+            .config
+            .resource_types
+            .values()
+            .map(|rt| (Gvr::of(rt).to_string(), 0))
+            .collect();
+        counts.extend(self.lock_state().counts_by_type());
+        counts
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
