@@ -94,7 +94,7 @@ fn init_logging(level: &str, format: LogFormat) -> Result<()> {
     let level = level.trim().to_lowercase();
     let level = if level == "warning" { "warn".to_string() } else { level };
     let directives = if level.contains('=') || level.contains(',') {
-        level
+        level.clone()
     } else {
         format!("warn,iter8={level},iter8_k8s={level},iter8_core={level}")
     };
