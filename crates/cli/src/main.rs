@@ -92,14 +92,20 @@ fn init_logging(level: &str, format: LogFormat) -> Result<()> {
     // `trace` shows the controller's decisions, not every TLS record. A full filter
     // (with `=` or `,`) is used as given.
     let level = level.trim().to_lowercase();
-    let level = if level == "warning" { "warn".to_string() } else { level };
+    let level = if level == "warning" {
+        "warn".to_string()
+    } else {
+        level
+    };
     let directives = if level.contains('=') || level.contains(',') {
         level.clone()
     } else {
         format!("warn,iter8={level},iter8_k8s={level},iter8_core={level}")
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| {
-        anyhow::anyhow!("invalid --log-level {level:?} (use trace, debug, info, warn or error): {e}")
+        anyhow::anyhow!(
+            "invalid --log-level {level:?} (use trace, debug, info, warn or error): {e}"
+        )
     })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -58,6 +58,19 @@ fn str_map(v: &Value) -> std::collections::BTreeMap<String, String> {
 }
 
 pub fn run(args: RenderArgs) -> Result<()> {
+    let mut out = String::new();
+    let result = render_to(&args, &mut out);
+    // Write once; a closed pipe (`| head`) is not an error worth a panic.
+    let mut stdout = std::io::stdout().lock();
+    match std::io::Write::write_all(&mut stdout, out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
+    result
+}
+
+fn render_to(args: &RenderArgs, out: &mut String) -> Result<()> {
+    use std::fmt::Write as _;
     let config = match &args.config {
         Some(p) => Config::from_yaml(&std::fs::read_to_string(p)?)?,
         None => Config::default(),
@@ -123,9 +136,10 @@ pub fn run(args: RenderArgs) -> Result<()> {
             .cloned()
     };
     let weighing = weigh(&rm, &namespace, &config, &lookup);
-    println!("# weights: {:?}", weighing.weights);
+    let _ = writeln!(out, "# weights: {:?}", weighing.weights);
     for (i, available) in weighing.available.iter().enumerate() {
-        println!(
+        let _ = writeln!(
+            out,
             "# version {i}: {}",
             if *available {
                 "available"
@@ -142,7 +156,7 @@ pub fn run(args: RenderArgs) -> Result<()> {
         let obj = match r.result {
             Ok(Some(obj)) => obj,
             Ok(None) => {
-                println!("# template {}: renders nothing", r.template);
+                let _ = writeln!(out, "# template {}: renders nothing", r.template);
                 continue;
             }
             Err(e) => {
@@ -170,8 +184,8 @@ pub fn run(args: RenderArgs) -> Result<()> {
         };
         match checked {
             Ok(obj) => {
-                println!("---\n# template {} ({})", r.template, r.gvr_short);
-                print!("{}", serde_yaml::to_string(&obj)?);
+                let _ = writeln!(out, "---\n# template {} ({})", r.template, r.gvr_short);
+                let _ = write!(out, "{}", serde_yaml::to_string(&obj)?);
             }
             Err(e) => {
                 eprintln!("error: template {}: {e}", r.template);
