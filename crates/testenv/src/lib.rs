@@ -5,6 +5,7 @@
 //!
 //! Binaries come from the cache `testenv/setup.sh` fills; see [`tools`].
 
+pub mod dataplane;
 pub mod pki;
 pub mod process;
 pub mod tools;
@@ -170,8 +171,7 @@ impl ControlPlane {
     /// Installs CRD files with server-side apply and waits until each is established.
     pub async fn install_crds(&self, files: &[PathBuf]) -> Result<()> {
         let api: Api<CustomResourceDefinition> = Api::all(self.client().await?);
-        let pp = PatchParams::apply("testenv").force();
-        let mut names = Vec::new();
+        let mut crds = Vec::new();
         for file in files {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("reading CRD file {}", file.display()))?;
@@ -183,34 +183,41 @@ impl ControlPlane {
                 }
                 let crd: CustomResourceDefinition = serde_json::from_value(value)
                     .with_context(|| format!("CRD file {} holds a non-CRD", file.display()))?;
+                crds.push((file.clone(), crd));
+            }
+        }
+        // Applied and awaited concurrently: the API server builds each CRD's handlers and
+        // OpenAPI on its own, so this takes as long as the slowest, not the sum.
+        let install = crds.iter().map(|(file, crd)| {
+            let api = api.clone();
+            async move {
                 let name = crd.metadata.name.clone().unwrap_or_default();
-                api.patch(&name, &pp, &Patch::Apply(&crd))
+                let pp = PatchParams::apply("testenv").force();
+                api.patch(&name, &pp, &Patch::Apply(crd))
                     .await
                     .with_context(|| {
                         format!("applying CRD {name} from {} failed", file.display())
                     })?;
-                names.push(name);
-            }
-        }
-        let deadline = Instant::now() + READY_TIMEOUT;
-        for name in names {
-            loop {
-                let crd = api.get(&name).await?;
-                let established = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if established {
-                    break;
+                let deadline = Instant::now() + READY_TIMEOUT;
+                loop {
+                    let crd = api.get(&name).await?;
+                    let established = crd
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True");
+                    if established {
+                        return Ok::<(), anyhow::Error>(());
+                    }
+                    if Instant::now() > deadline {
+                        bail!("CRD {name} not established after {READY_TIMEOUT:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                if Instant::now() > deadline {
-                    bail!("CRD {name} not established after {READY_TIMEOUT:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        }
+        });
+        futures::future::try_join_all(install).await?;
         Ok(())
     }
 

@@ -26,6 +26,9 @@ enum Command {
         /// Do not run kube-controller-manager (no garbage collection).
         #[arg(long)]
         no_controller_manager: bool,
+        /// Do not install the CRDs of KServe, Istio and the Gateway API.
+        #[arg(long)]
+        skip_crds: bool,
     },
     /// Print where the pinned components are (fails naming what is missing).
     Tools,
@@ -42,19 +45,22 @@ async fn main() -> Result<()> {
             kubeconfig,
             port,
             no_controller_manager,
+            skip_crds,
         } => {
+            let started = std::time::Instant::now();
             let cp = testenv::ControlPlane::start(testenv::Options {
                 controller_manager: !no_controller_manager,
                 workload_controllers: false,
                 apiserver_port: port,
-                skip_crds: false,
+                skip_crds,
             })
             .await?;
             std::fs::write(&kubeconfig, cp.kubeconfig())
                 .with_context(|| format!("writing {}", kubeconfig.display()))?;
             println!(
-                "control plane up at {}; kubeconfig: {}; logs: {}",
+                "control plane up at {} in {:.1}s; kubeconfig: {}; logs: {}",
                 cp.server(),
+                started.elapsed().as_secs_f64(),
                 kubeconfig.display(),
                 cp.dir().display()
             );

@@ -1,0 +1,976 @@
+//! A real data plane on loopback, so tests send the tutorial's HTTP requests for real: istiod
+//! (`pilot-discovery`) reading the routing objects from the local control plane, stock Envoys
+//! configured by it over plaintext xDS, and MLServer model servers answering V2 inference
+//! requests. No containers, no kubelet: the harness plays the parts of Kubernetes' kubelet, of
+//! KServe and of Knative (net-istio) that tests need, and says so where it does.
+//!
+//! What runs (see `shared/design/dataplane.md` for why each setting is there):
+//! - istiod with no CA, no webhooks, no leader election and a mesh config without telemetry or
+//!   auto-mTLS, so that everything it sends is understood by a stock Envoy;
+//! - an ingress Envoy selected by the Istio `Gateway` `knative-serving/knative-ingress-gateway`
+//!   (tests send their requests to [`DataPlane::ingress`]);
+//! - a second Envoy standing in for `knative-local-gateway` (Service + WorkloadEntry in
+//!   `istio-system`, Gateway `knative-serving/knative-local-gateway`);
+//! - per InferenceService revision, one MLServer whose model is named after the
+//!   InferenceService (see [`DataPlane::serve_inference_service`]).
+//!
+//! Backends get loopback addresses other than 127.0.0.1 and are registered with a Service
+//! plus an Istio `WorkloadEntry` (the API server refuses loopback addresses in EndpointSlices).
+//! Every process is stopped by PID when the [`DataPlane`] is dropped, and by the
+//! [`Process`] watchdog if the test process dies first.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::Client;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use crate::process::{free_port, Process};
+use crate::tools::{cache_dir, version};
+use crate::ControlPlane;
+
+/// Istio `--clusterID`, also claimed by the Envoys' bootstrap metadata.
+const CLUSTER_ID: &str = "Kubernetes";
+/// Field manager of everything the harness writes.
+const MANAGER: &str = "testenv-dataplane";
+/// Label selecting the ingress Envoy (Gateway `knative-serving/knative-ingress-gateway`).
+pub const INGRESS_SELECTOR: (&str, &str) = ("istio", "ingressgateway");
+/// Label selecting the `knative-local-gateway` Envoy.
+pub const LOCAL_GATEWAY_SELECTOR: (&str, &str) = ("istio", "local-gateway");
+/// Response header the Knative-side routes add, naming the revision that answered.
+pub const REVISION_HEADER: &str = "x-testenv-revision";
+
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The data-plane components in the cache `testenv/setup.sh` fills.
+#[derive(Debug, Clone)]
+pub struct DataPlaneTools {
+    pub istiod: PathBuf,
+    pub envoy: PathBuf,
+    pub mlserver: PathBuf,
+    /// Folder with the trained model variants `v0/` and `v1/`.
+    pub models: PathBuf,
+}
+
+/// The cache key of the Python side: a hash of the pinned requirements and the training
+/// script, computed the same way as `testenv/setup.sh` does (`cat … | sha256sum | cut -c1-16`).
+pub fn python_key() -> String {
+    let mut h = Sha256::new();
+    h.update(include_bytes!(
+        "../../../testenv/dataplane/requirements.txt"
+    ));
+    h.update(include_bytes!("../../../testenv/dataplane/train_models.py"));
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    hex[..16].to_string()
+}
+
+impl DataPlaneTools {
+    /// Finds the components, or fails naming the missing ones and how to build them.
+    pub fn locate() -> Result<DataPlaneTools> {
+        let cache = cache_dir();
+        let py = cache.join(format!("dataplane-py-{}", python_key()));
+        let tools = DataPlaneTools {
+            istiod: cache.join(format!(
+                "istiod-{}/bin/pilot-discovery",
+                version("ISTIO_VERSION")
+            )),
+            envoy: py.join("bin/envoy"),
+            mlserver: py.join("bin/mlserver"),
+            models: py.join("models"),
+        };
+        let missing: Vec<String> = [
+            &tools.istiod,
+            &tools.envoy,
+            &tools.mlserver,
+            &tools.models.join("v0/model.joblib"),
+            &tools.models.join("v1/model.joblib"),
+        ]
+        .iter()
+        .filter(|p| !p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+        if !missing.is_empty() {
+            bail!(
+                "missing data-plane components (istiod, Envoy, MLServer): {}; run testenv/setup.sh to build them",
+                missing.join(", ")
+            );
+        }
+        Ok(tools)
+    }
+}
+
+/// A loopback address for a new backend: 127.0.0.2 and up, never 127.0.0.1 (the proxies').
+pub fn next_ip() -> Result<Ipv4Addr> {
+    static NEXT: AtomicU32 = AtomicU32::new(2);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    if n > 254 {
+        bail!("out of loopback addresses 127.0.0.2-254");
+    }
+    Ok(Ipv4Addr::new(127, 0, 0, n as u8))
+}
+
+/// A running Envoy with its admin port.
+struct Envoy {
+    name: String,
+    admin: u16,
+    process: Process,
+}
+
+/// One model server: a KServe predictor revision.
+struct ModelServer {
+    revision: String,
+    variant: String,
+    process: Process,
+}
+
+/// The running data plane. Drop order is field order: model servers, Envoys, then istiod.
+pub struct DataPlane {
+    models: Mutex<BTreeMap<(String, String), ModelServer>>,
+    envoys: Vec<std::sync::Mutex<Envoy>>,
+    istiod: std::sync::Mutex<Process>,
+    ingress: SocketAddr,
+    local_gateway: SocketAddr,
+    istiod_http: u16,
+    revisions: AtomicU32,
+    kubeconfig: String,
+    tools: DataPlaneTools,
+    dir: tempfile::TempDir,
+}
+
+fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+/// ApiResource of Istio's VirtualService (networking.istio.io/v1).
+pub fn virtual_service() -> ApiResource {
+    ar(
+        "networking.istio.io",
+        "v1",
+        "VirtualService",
+        "virtualservices",
+    )
+}
+
+/// ApiResource of KServe's InferenceService.
+pub fn inference_service() -> ApiResource {
+    ar(
+        "serving.kserve.io",
+        "v1beta1",
+        "InferenceService",
+        "inferenceservices",
+    )
+}
+
+fn workload_entry() -> ApiResource {
+    ar(
+        "networking.istio.io",
+        "v1",
+        "WorkloadEntry",
+        "workloadentries",
+    )
+}
+
+fn gateway() -> ApiResource {
+    ar("networking.istio.io", "v1", "Gateway", "gateways")
+}
+
+/// Server-side applies `obj` (with apiVersion and kind) into its namespace.
+pub async fn apply(client: &Client, ar: &ApiResource, ns: Option<&str>, obj: &Value) -> Result<()> {
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .ok_or_else(|| anyhow!("object without a name: {obj}"))?;
+    let api: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+        None => Api::all_with(client.clone(), ar),
+    };
+    api.patch(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .with_context(|| format!("applying {} {}/{name}", ar.kind, ns.unwrap_or("")))?;
+    Ok(())
+}
+
+async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await?.is_none() {
+        let ns = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+        match api.create(&PostParams::default(), &ns).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e).with_context(|| format!("creating namespace {name}")),
+        }
+    }
+    Ok(())
+}
+
+/// A plain HTTP/1.1 GET; returns status, headers (lower-case names) and body.
+pub fn http_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Option<(u16, BTreeMap<String, String>, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Some((status, headers, body))
+}
+
+/// Decodes an HTTP/1.1 chunked body (Envoy's admin answers that way).
+fn dechunk(mut rest: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
+    }
+}
+
+impl DataPlane {
+    /// Starts istiod and both gateways against `cp`, and waits until both Envoys have their
+    /// configuration from istiod.
+    pub async fn start(cp: &ControlPlane) -> Result<DataPlane> {
+        let tools = DataPlaneTools::locate()?;
+        let mut dir = tempfile::Builder::new()
+            .prefix("dataplane-")
+            .tempdir()
+            .context("creating the data plane's temporary folder")?;
+        // Logs stay behind if start-up fails, so the error's log paths can be read.
+        dir.disable_cleanup(true);
+        let client = cp.client().await?;
+        for ns in ["istio-system", "knative-serving"] {
+            ensure_namespace(&client, ns).await?;
+        }
+
+        // istiod. Settings from shared/design/dataplane.md: nothing that only Istio's own
+        // proxy build understands, no CA, plaintext xDS on loopback.
+        let grpc = free_port()?;
+        let http = free_port()?;
+        let monitoring = free_port()?;
+        let ctrlz = free_port()?;
+        let mesh = dir.path().join("mesh.yaml");
+        std::fs::write(
+            &mesh,
+            format!(
+                "# No defaultProviders (no stats filter), no auto mTLS, no tracing: a stock Envoy must\n\
+                 # understand everything istiod sends.\n\
+                 enableAutoMtls: false\nenableTracing: false\nrootNamespace: istio-system\n\
+                 defaultConfig:\n  discoveryAddress: 127.0.0.1:{grpc}\n"
+            ),
+        )?;
+        let args: Vec<String> = vec![
+            "discovery".into(),
+            format!("--kubeconfig={}", cp.kubeconfig_path().display()),
+            format!("--meshConfig={}", mesh.display()),
+            format!(
+                "--networksConfig={}",
+                dir.path().join("meshNetworks.yaml").display()
+            ),
+            format!("--clusterID={CLUSTER_ID}"),
+            format!("--grpcAddr=127.0.0.1:{grpc}"),
+            format!("--httpAddr=127.0.0.1:{http}"),
+            format!("--monitoringAddr=127.0.0.1:{monitoring}"),
+            "--httpsAddr=".into(),
+            "--secureGRPCAddr=".into(),
+            "--ctrlz_address=127.0.0.1".into(),
+            format!("--ctrlz_port={ctrlz}"),
+            "--domain=cluster.local".into(),
+            "--log_output_level=default:info".into(),
+        ];
+        let env = [
+            ("POD_NAMESPACE", "istio-system"),
+            ("POD_NAME", "istiod-testenv"),
+            ("REVISION", "default"),
+            ("PILOT_ENABLE_METADATA_EXCHANGE", "false"),
+            ("PILOT_ENABLE_ALPN_FILTER", "false"),
+            ("ENABLE_CA_SERVER", "false"),
+            ("PILOT_CERT_PROVIDER", "none"),
+            ("ENABLE_LEADER_ELECTION", "false"),
+            ("VALIDATION_WEBHOOK_CONFIG_NAME", ""),
+            ("INJECTION_WEBHOOK_CONFIG_NAME", ""),
+            ("XDS_AUTH", "false"),
+            ("PILOT_ENABLE_GATEWAY_API", "false"),
+            ("PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER", "false"),
+            ("KUBECONFIG", ""),
+        ];
+        let mut istiod = Process::start_with_env("istiod", &tools.istiod, &args, &env, dir.path())?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            istiod.check_running()?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], http));
+            if matches!(http_get(addr, "istiod", "/ready"), Some((200, _, _))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "istiod not ready after {START_TIMEOUT:?}; last lines of {}:\n{}",
+                    istiod.log_path().display(),
+                    istiod.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // The gateways, as a KServe quick install has them (Knative's net-istio Gateways).
+        let ingress_port = free_port()?;
+        let local_port = free_port()?;
+        let local_ip = next_ip()?;
+        for (name, (k, v), port) in [
+            ("knative-ingress-gateway", INGRESS_SELECTOR, ingress_port),
+            ("knative-local-gateway", LOCAL_GATEWAY_SELECTOR, local_port),
+        ] {
+            apply(&client, &gateway(), Some("knative-serving"), &json!({
+                "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                "metadata": {"name": name, "namespace": "knative-serving"},
+                "spec": {"selector": {k: v}, "servers": [{
+                    "port": {"number": port, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}))
+            .await?;
+        }
+        // knative-local-gateway.istio-system: the Service the tutorial's routes send to.
+        register_backend(
+            &client,
+            "istio-system",
+            "knative-local-gateway",
+            &BTreeMap::from([(
+                LOCAL_GATEWAY_SELECTOR.0.to_string(),
+                LOCAL_GATEWAY_SELECTOR.1.to_string(),
+            )]),
+            local_port,
+            local_ip,
+            local_port,
+        )
+        .await?;
+
+        let mut dp = DataPlane {
+            models: Mutex::new(BTreeMap::new()),
+            envoys: Vec::new(),
+            istiod: std::sync::Mutex::new(istiod),
+            ingress: SocketAddr::from(([127, 0, 0, 1], ingress_port)),
+            local_gateway: SocketAddr::from((local_ip, local_port)),
+            istiod_http: http,
+            revisions: AtomicU32::new(0),
+            kubeconfig: cp.kubeconfig().to_string(),
+            tools,
+            dir,
+        };
+        let ingress = dp.start_envoy(
+            "istio-ingressgateway",
+            Ipv4Addr::LOCALHOST,
+            INGRESS_SELECTOR,
+            grpc,
+        )?;
+        dp.envoys.push(std::sync::Mutex::new(ingress));
+        let local = dp.start_envoy(
+            "knative-local-gateway",
+            local_ip,
+            LOCAL_GATEWAY_SELECTOR,
+            grpc,
+        )?;
+        dp.envoys.push(std::sync::Mutex::new(local));
+        for i in 0..dp.envoys.len() {
+            dp.wait_envoy_live(i).await?;
+        }
+        // Both listeners exist once istiod has seen the Gateways.
+        for addr in [dp.ingress, dp.local_gateway] {
+            crate::wait_for(
+                &format!("an Envoy listener on {addr}"),
+                START_TIMEOUT,
+                || async move {
+                    TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                        .ok()
+                        .map(drop)
+                },
+            )
+            .await
+            .map_err(|e| anyhow!("{e}; {}", dp.diagnostics()))?;
+        }
+        dp.check_healthy()?;
+        dp.dir.disable_cleanup(false);
+        Ok(dp)
+    }
+
+    fn start_envoy(
+        &self,
+        name: &str,
+        ip: Ipv4Addr,
+        (label, value): (&str, &str),
+        grpc: u16,
+    ) -> Result<Envoy> {
+        let admin = free_port()?;
+        // A hand-written bootstrap in place of istio-agent's: the node identity and metadata
+        // istiod reads (ISTIO_VERSION, CLUSTER_ID, NAMESPACE, INSTANCE_IPS and the LABELS a
+        // Gateway selector matches) and ADS over plaintext gRPC to istiod.
+        let bootstrap = json!({
+            "node": {
+                "id": format!("router~{ip}~{name}.istio-system~istio-system.svc.cluster.local"),
+                "cluster": format!("{name}.istio-system"),
+                "metadata": {
+                    "ISTIO_VERSION": version("ISTIO_BUILD_VERSION"),
+                    "CLUSTER_ID": CLUSTER_ID,
+                    "NAMESPACE": "istio-system",
+                    "INSTANCE_IPS": ip.to_string(),
+                    "NAME": name,
+                    "WORKLOAD_NAME": name,
+                    "LABELS": {label: value},
+                    "SERVICE_ACCOUNT": "default",
+                }
+            },
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": "GRPC",
+                    "transport_api_version": "V3",
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]
+                },
+                "cds_config": {"ads": {}, "resource_api_version": "V3"},
+                "lds_config": {"ads": {}, "resource_api_version": "V3"}
+            },
+            "static_resources": {"clusters": [{
+                "name": "xds-grpc",
+                "type": "STATIC",
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}
+                    }
+                },
+                "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [{
+                    "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": grpc}}}
+                }]}]}
+            }]}
+        });
+        let file = self.dir.path().join(format!("{name}-bootstrap.json"));
+        std::fs::write(&file, serde_json::to_vec_pretty(&bootstrap)?)?;
+        let args: Vec<String> = vec![
+            "-c".into(),
+            file.display().to_string(),
+            "--disable-hot-restart".into(),
+            "--concurrency".into(),
+            "1".into(),
+            "--log-level".into(),
+            "warning".into(),
+            "--drain-time-s".into(),
+            "1".into(),
+        ];
+        let process = Process::start(name, &self.tools.envoy, &args, self.dir.path())?;
+        Ok(Envoy {
+            name: name.to_string(),
+            admin,
+            process,
+        })
+    }
+
+    async fn wait_envoy_live(&self, i: usize) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let (name, admin) = {
+                let mut e = self.envoys[i].lock().map_err(|_| anyhow!("poisoned"))?;
+                e.process.check_running()?;
+                (e.name.clone(), e.admin)
+            };
+            let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+            if let Some((200, _, body)) = http_get(addr, "admin", "/ready") {
+                if body.trim() == "LIVE" {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "Envoy {name} not LIVE after {START_TIMEOUT:?} (istiod never delivered its config); {}",
+                    self.diagnostics()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Where tests send their requests: the ingress Envoy's listener.
+    pub fn ingress(&self) -> SocketAddr {
+        self.ingress
+    }
+
+    /// The `knative-local-gateway` Envoy's listener.
+    pub fn local_gateway(&self) -> SocketAddr {
+        self.local_gateway
+    }
+
+    /// A folder that lives as long as the data plane (logs of every process are there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fails if a process has exited or an Envoy rejected an xDS update (`update_rejected`
+    /// counters in its admin `/stats`): a newer istiod emitting something this Envoy does not
+    /// understand must fail loudly, not route stale config.
+    pub fn check_healthy(&self) -> Result<()> {
+        self.istiod
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .check_running()?;
+        for e in &self.envoys {
+            let mut e = e.lock().map_err(|_| anyhow!("poisoned"))?;
+            e.process.check_running()?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], e.admin));
+            let (_, _, stats) = http_get(addr, "admin", "/stats?filter=update_rejected")
+                .ok_or_else(|| anyhow!("Envoy {} admin /stats does not answer", e.name))?;
+            let rejected: Vec<&str> = stats
+                .lines()
+                .filter(|l| l.contains("update_rejected") && !l.trim_end().ends_with(": 0"))
+                .collect();
+            if !rejected.is_empty() {
+                bail!(
+                    "Envoy {} rejected configuration from istiod: {}; last lines of {}:\n{}",
+                    e.name,
+                    rejected.join(", "),
+                    e.process.log_path().display(),
+                    e.process.log_tail(20)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The ends of the logs of istiod and the Envoys, plus istiod's view of the proxies.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        if let Ok(p) = self.istiod.lock() {
+            out.push_str(&format!(
+                "\n--- istiod ({}):\n{}",
+                p.log_path().display(),
+                p.log_tail(40)
+            ));
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.istiod_http));
+        if let Some((_, _, body)) = http_get(addr, "istiod", "/debug/syncz") {
+            out.push_str(&format!("\n--- istiod /debug/syncz:\n{body}"));
+        }
+        for e in &self.envoys {
+            if let Ok(e) = e.lock() {
+                out.push_str(&format!(
+                    "\n--- {} ({}):\n{}",
+                    e.name,
+                    e.process.log_path().display(),
+                    e.process.log_tail(20)
+                ));
+            }
+        }
+        out
+    }
+
+    /// The current configuration dump of the ingress Envoy (for failure messages).
+    pub fn ingress_config_dump(&self) -> String {
+        let Ok(e) = self.envoys[0].lock() else {
+            return String::new();
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], e.admin));
+        http_get(addr, "admin", "/config_dump?resource=dynamic_route_configs")
+            .map(|r| r.2)
+            .unwrap_or_default()
+    }
+
+    async fn client(&self) -> Result<Client> {
+        crate::client_from_yaml(&self.kubeconfig).await
+    }
+
+    /// Stands in for KServe + Knative serving InferenceService `ns/name` as it is now:
+    /// starts a new predictor revision (an MLServer whose model is named `name`, the model
+    /// variant chosen by the label `app.kubernetes.io/version`: `v1` serves the second model,
+    /// anything else the first), registers it (Service + WorkloadEntry `<name>-predictor-NNNNN`),
+    /// waits until it answers `/v2/models/<name>/ready`, moves the Knative-side route to it
+    /// and waits until `knative-local-gateway` routes there, then writes the InferenceService
+    /// status Ready, as KServe does (Serverless mode). A previous revision keeps serving until
+    /// then, and is stopped afterwards. While the new revision starts, a previously Ready
+    /// InferenceService is `Ready: Unknown` (reason OutOfDate), as KServe writes it.
+    ///
+    /// Returns the revision's name.
+    pub async fn serve_inference_service(&self, ns: &str, name: &str) -> Result<String> {
+        let client = self.client().await?;
+        let isvcs: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &inference_service());
+        let isvc = isvcs
+            .get(name)
+            .await
+            .with_context(|| format!("reading InferenceService {ns}/{name}"))?;
+        let variant = match isvc
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app.kubernetes.io/version"))
+            .map(String::as_str)
+        {
+            Some("v1") => "v1",
+            _ => "v0",
+        };
+        let generation = isvc.metadata.generation.unwrap_or(1);
+        let key = (ns.to_string(), name.to_string());
+        // Not held while the server starts: other InferenceServices may start meanwhile.
+        let previous = self.models.lock().await.remove(&key);
+        if previous.is_some() {
+            write_isvc_status(&isvcs, name, generation, Status::Updating).await?;
+        } else {
+            write_isvc_status(&isvcs, name, generation, Status::Creating).await?;
+        }
+
+        let n = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
+        let revision = format!("{name}-predictor-{n:05}");
+        let ip = next_ip()?;
+        let server = self.start_model_server(ns, name, &revision, variant, ip)?;
+        let port = server.1;
+        let mut server = server.0;
+        register_backend(
+            &client,
+            ns,
+            &revision,
+            &BTreeMap::from([("serving.knative.dev/revision".to_string(), revision.clone())]),
+            80,
+            ip,
+            port,
+        )
+        .await?;
+        // Readiness from the real server.
+        let direct = SocketAddr::from((ip, port));
+        let ready_path = format!("/v2/models/{name}/ready");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            server.process.check_running()?;
+            if matches!(http_get(direct, "model", &ready_path), Some((200, _, _))) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "MLServer {revision} did not answer {ready_path} within {START_TIMEOUT:?}; last lines of {}:\n{}",
+                    server.process.log_path().display(),
+                    server.process.log_tail(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // What Knative's net-istio writes for the predictor's Knative Service (here: only the
+        // cluster-local part, bound to knative-local-gateway): the predictor host goes to the
+        // ready revision. The response header names the revision, so the harness can see when
+        // the gateway routes to it (Knative's prober checks a hash header the same way).
+        let predictor = format!("{name}-predictor");
+        apply(&client, &virtual_service(), Some(ns), &json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": format!("{predictor}-ingress"), "namespace": ns,
+                "labels": {"networking.internal.knative.dev/ingress": predictor,
+                           "app.kubernetes.io/managed-by": "testenv-standing-in-for-net-istio"}},
+            "spec": {
+                "gateways": ["knative-serving/knative-local-gateway"],
+                "hosts": [format!("{predictor}.{ns}"), format!("{predictor}.{ns}.svc"),
+                          format!("{predictor}.{ns}.svc.cluster.local")],
+                "http": [{"route": [{
+                    "destination": {"host": format!("{revision}.{ns}.svc.cluster.local"), "port": {"number": 80}},
+                    "headers": {"response": {"set": {REVISION_HEADER: revision}}}}]}]}}))
+        .await?;
+        let host = format!("{predictor}.{ns}.svc.cluster.local");
+        let gw = self.local_gateway;
+        crate::wait_for(
+            &format!("knative-local-gateway to route {host} to {revision}"),
+            START_TIMEOUT,
+            || {
+                let (host, path, revision) = (host.clone(), ready_path.clone(), revision.clone());
+                async move {
+                    http_get(gw, &host, &path).filter(|(status, headers, _)| {
+                        *status == 200 && headers.get(REVISION_HEADER) == Some(&revision)
+                    })
+                }
+            },
+        )
+        .await
+        .map_err(|e| anyhow!("{e}; {}", self.diagnostics()))?;
+        self.check_healthy()?;
+
+        write_isvc_status(
+            &isvcs,
+            name,
+            generation,
+            Status::Ready(ns.to_string(), revision.clone()),
+        )
+        .await?;
+        if let Some(old) = previous {
+            self.retire(&client, ns, old).await;
+        }
+        self.models.lock().await.insert(key, server);
+        Ok(revision)
+    }
+
+    /// Stands in for KServe when InferenceService `ns/name` was deleted: stops its model
+    /// server and removes what was registered for it.
+    pub async fn stop_inference_service(&self, ns: &str, name: &str) -> Result<()> {
+        let client = self.client().await?;
+        let old = self
+            .models
+            .lock()
+            .await
+            .remove(&(ns.to_string(), name.to_string()));
+        if let Some(old) = old {
+            self.retire(&client, ns, old).await;
+        }
+        let vss: Api<DynamicObject> = Api::namespaced_with(client, ns, &virtual_service());
+        let _ = vss
+            .delete(
+                &format!("{name}-predictor-ingress"),
+                &DeleteParams::default(),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// The model variant (`v0`, `v1`) InferenceService `ns/name` is served with, if any.
+    pub async fn served_variant(&self, ns: &str, name: &str) -> Option<String> {
+        self.models
+            .lock()
+            .await
+            .get(&(ns.to_string(), name.to_string()))
+            .map(|m| m.variant.clone())
+    }
+
+    async fn retire(&self, client: &Client, ns: &str, mut old: ModelServer) {
+        old.process.stop(Duration::from_secs(5));
+        let _ = unregister_backend(client, ns, &old.revision).await;
+    }
+
+    fn start_model_server(
+        &self,
+        ns: &str,
+        name: &str,
+        revision: &str,
+        variant: &str,
+        ip: Ipv4Addr,
+    ) -> Result<(ModelServer, u16)> {
+        let root = self.dir.path().join(format!("{ns}-{revision}"));
+        let model_dir = root.join(name);
+        std::fs::create_dir_all(&model_dir)?;
+        let src = self.tools.models.join(variant);
+        std::fs::copy(src.join("model.joblib"), model_dir.join("model.joblib"))?;
+        let settings =
+            std::fs::read_to_string(src.join("model-settings.json"))?.replace("MODEL_NAME", name);
+        std::fs::write(model_dir.join("model-settings.json"), settings)?;
+        let (http, grpc, metrics) = (free_port()?, free_port()?, free_port()?);
+        // parallel_workers 0: the default worker pool crash-loops with current uvloop.
+        std::fs::write(
+            root.join("settings.json"),
+            serde_json::to_vec_pretty(&json!({
+                "host": ip.to_string(), "http_port": http, "grpc_port": grpc,
+                "metrics_port": metrics, "parallel_workers": 0, "debug": false,
+                "server_name": revision}))?,
+        )?;
+        let process = Process::start(
+            &format!("mlserver-{ns}-{revision}"),
+            &self.tools.mlserver,
+            &["start".to_string(), root.display().to_string()],
+            self.dir.path(),
+        )?;
+        Ok((
+            ModelServer {
+                revision: revision.to_string(),
+                variant: variant.to_string(),
+                process,
+            },
+            http,
+        ))
+    }
+}
+
+/// Registers a backend listening on `ip:target_port` as Service `ns/name` (port `port`,
+/// named `http`, selecting `labels`) plus a WorkloadEntry with those labels: istiod then
+/// sends Envoy the endpoint `ip:target_port`. Stands in for a Pod and its EndpointSlice.
+pub async fn register_backend(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    port: u16,
+    ip: Ipv4Addr,
+    target_port: u16,
+) -> Result<()> {
+    let svc = ar("", "v1", "Service", "services");
+    apply(client, &svc, Some(ns), &json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": labels, "ports": [{"name": "http", "port": port, "targetPort": target_port}]}}))
+    .await?;
+    register_workload(client, ns, name, labels, ip, Some(("http", target_port))).await
+}
+
+/// A WorkloadEntry `ns/name` at `ip` with `labels`, so Services selecting those labels get
+/// the endpoint `ip` (port: the named port's number if given, else the Service's targetPort).
+pub async fn register_workload(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    ip: Ipv4Addr,
+    port: Option<(&str, u16)>,
+) -> Result<()> {
+    let mut spec = json!({"address": ip.to_string(), "labels": labels});
+    if let Some((pname, p)) = port {
+        spec["ports"] = json!({pname: p});
+    }
+    apply(
+        client,
+        &workload_entry(),
+        Some(ns),
+        &json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+    )
+    .await
+}
+
+async fn unregister_backend(client: &Client, ns: &str, name: &str) -> Result<()> {
+    let dp = DeleteParams::default();
+    let _ = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &workload_entry())
+        .delete(name, &dp)
+        .await;
+    let _ = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), ns)
+        .delete(name, &dp)
+        .await;
+    Ok(())
+}
+
+enum Status {
+    Creating,
+    Updating,
+    /// Namespace and ready revision.
+    Ready(String, String),
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Writes InferenceService status through the status subresource the way KServe does in
+/// Serverless mode (shared/spec/kserve-status.md). `observedGeneration` is the Knative
+/// Service's (here: the spec generation we acted on), not compared by anyone.
+async fn write_isvc_status(
+    api: &Api<DynamicObject>,
+    name: &str,
+    generation: i64,
+    status: Status,
+) -> Result<()> {
+    let t = now();
+    let cond = |ty: &str, st: &str, reason: Option<&str>, info: bool| {
+        let mut c = json!({"type": ty, "status": st, "lastTransitionTime": t});
+        if let Some(r) = reason {
+            c["reason"] = json!(r);
+        }
+        if info {
+            c["severity"] = json!("Info");
+        }
+        c
+    };
+    let body = match status {
+        Status::Creating => json!({
+            "conditions": [
+                cond("IngressReady", "Unknown", Some("Predictor ingress not created"), false),
+                cond("PredictorReady", "Unknown", Some("RevisionMissing"), false),
+                cond("Ready", "Unknown", Some("Predictor ingress not created"), false),
+                cond("Stopped", "False", None, true)],
+            "deploymentMode": "Knative",
+            "modelStatus": {"copies": {"failedCopies": 0}, "states": {"activeModelState": "", "targetModelState": "Pending"}, "transitionStatus": "InProgress"},
+            "observedGeneration": generation}),
+        Status::Updating => json!({
+            "conditions": [
+                cond("IngressReady", "True", None, false),
+                cond("LatestDeploymentReady", "Unknown", Some("OutOfDate"), true),
+                cond("PredictorConfigurationReady", "Unknown", Some("OutOfDate"), true),
+                cond("PredictorReady", "Unknown", Some("OutOfDate"), false),
+                cond("PredictorRouteReady", "True", None, true),
+                cond("Ready", "Unknown", Some("OutOfDate"), false),
+                cond("RoutesReady", "True", None, true),
+                cond("Stopped", "False", None, true)],
+            "deploymentMode": "Knative",
+            "observedGeneration": generation}),
+        Status::Ready(ns, revision) => json!({
+            "address": {"url": format!("http://{name}.{ns}.svc.cluster.local")},
+            "components": {"predictor": {
+                "address": {"url": format!("http://{name}-predictor.{ns}.svc.cluster.local")},
+                "latestCreatedRevision": revision, "latestReadyRevision": revision,
+                "latestRolledoutRevision": revision,
+                "traffic": [{"latestRevision": true, "percent": 100, "revisionName": revision}],
+                "url": format!("http://{name}-predictor.{ns}.example.com")}},
+            "conditions": [
+                cond("IngressReady", "True", None, false),
+                cond("LatestDeploymentReady", "True", None, true),
+                cond("PredictorConfigurationReady", "True", None, true),
+                cond("PredictorReady", "True", None, false),
+                cond("PredictorRouteReady", "True", None, true),
+                cond("Ready", "True", None, false),
+                cond("RoutesReady", "True", None, true),
+                cond("Stopped", "False", None, true)],
+            "deploymentMode": "Knative",
+            "modelStatus": {"copies": {"failedCopies": 0, "totalCopies": 1}, "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"}, "transitionStatus": "UpToDate"},
+            "observedGeneration": generation,
+            "url": format!("http://{name}.{ns}.example.com")}),
+    };
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": body})),
+    )
+    .await
+    .with_context(|| format!("writing the status of InferenceService {name}"))?;
+    Ok(())
+}
+
+/// One data plane shared by every test of a test binary, on the shared control plane
+/// ([`crate::shared`]), started on first use. Its processes end with the test binary.
+pub fn shared() -> Result<&'static DataPlane> {
+    static SHARED: OnceLock<std::result::Result<DataPlane, String>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            std::thread::spawn(|| {
+                let cp = crate::shared().map_err(|e| format!("{e:#}"))?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                rt.block_on(DataPlane::start(cp))
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .join()
+            .unwrap_or_else(|_| Err("data plane start-up panicked".into()))
+        })
+        .as_ref()
+        .map_err(|e| anyhow!("starting the shared data plane (istiod, Envoy) failed: {e}"))
+}
