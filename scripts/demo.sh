@@ -3,14 +3,25 @@
 # plane: real etcd + kube-apiserver + kube-controller-manager (garbage collector), real Helm
 # and kubectl, the real charts and the real `iter8` controller binary.
 #
-# What is not real: there are no nodes, so no pod ever runs and no model is served. The
-# controller chart's Deployment stays Pending; the demo runs the controller binary on this
-# machine instead, with the chart's ServiceAccount token, so the chart's RBAC is what it gets.
-# And KServe is not running: the demo writes InferenceService status itself, through the
-# status subresource, exactly as KServe would once a model is loaded.
+# With the data plane (the default), the tutorial's requests are answered for real: a real
+# istiod turns the controller's VirtualService into configuration for a real Envoy (the
+# ingress gateway), and real MLServer model servers answer. After each step the demo sends the
+# tutorial's two requests (without and with `traffic: test`) and checks which version answers.
+#
+# What is not real: there are no nodes, so no pod ever runs. The controller chart's Deployment
+# stays Pending; the demo runs the controller binary on this machine instead, with the chart's
+# ServiceAccount token, so the chart's RBAC is what it gets. KServe and Knative are not
+# running: `testenv up --dataplane` stands in for them (it starts an MLServer per
+# InferenceService, routes the predictor to it, and writes KServe's Ready status once the
+# model answers). With DEMO_DATAPLANE=0 nothing is served: the demo writes InferenceService
+# status itself, through the status subresource, as KServe would once a model is loaded, and
+# sends no requests.
 #
 # Usage: make demo     (or scripts/demo.sh after `make setup build`)
 # Env:   DEMO_TIMEOUT  seconds to wait for each expected state (default 60)
+#        DEMO_MODEL_TIMEOUT  seconds to wait for the data plane / a model server (default 180)
+#        DEMO_DATAPLANE  1 (default): istiod, Envoy and MLServer answer the tutorial's
+#                      requests; 0: control plane only, the demo marks models Ready itself
 #        IMG           controller image set in the chart (default iter8-rs/iter8:0.1.0)
 # Exits non-zero as soon as an expectation fails, printing the controller's last log lines.
 set -euo pipefail
@@ -26,6 +37,9 @@ ITER8=${ITER8_BIN:-$root/target/debug/iter8}
 CHARTS=$root/charts
 IMG=${IMG:-iter8-rs/iter8:0.1.0}
 TIMEOUT=${DEMO_TIMEOUT:-60}
+MODEL_TIMEOUT=${DEMO_MODEL_TIMEOUT:-180}
+DATAPLANE=${DEMO_DATAPLANE:-1}
+case "$DATAPLANE" in 0 | 1) ;; *) echo "demo: DEMO_DATAPLANE must be 0 or 1" >&2; exit 2 ;; esac
 
 for f in "$KUBECTL" "$HELM"; do
   [ -x "$f" ] || { echo "demo: $f is missing; run 'make setup'" >&2; exit 1; }
@@ -53,6 +67,10 @@ fail() {
   if [ -s "$work/controller.log" ]; then
     echo "--- last lines of the controller log ---" >&2
     tail -n 30 "$work/controller.log" >&2
+  fi
+  if [ "$DATAPLANE" = 1 ] && [ -s "$work/control-plane.log" ]; then
+    echo "--- last lines of testenv up --dataplane (the KServe + Knative stand-in) ---" >&2
+    tail -n 30 "$work/control-plane.log" >&2
   fi
   exit 1
 }
@@ -183,9 +201,62 @@ kserve_reports() { # kserve_reports NAME ready|not-ready
   run kubectl get inferenceservice "$1"
 }
 
+# With the data plane: the stand-in for KServe writes status once a model answers; the demo
+# waits for it.
+isvc_ready() { [ "$(kubectl get inferenceservice "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
+model_ready() { # model_ready NAME: waits for the KServe stand-in to report NAME Ready
+  TIMEOUT=$MODEL_TIMEOUT wait_for "InferenceService $1 is Ready: its MLServer answers (KServe stand-in)" isvc_ready "$1"
+  run kubectl get inferenceservice "$1"
+}
+
 # ---------------------------------------------------------------------------------------
-section "Start a local control plane (etcd, kube-apiserver, kube-controller-manager)"
-cargo run -q -p testenv -- up --kubeconfig "$KUBECONFIG" >"$work/control-plane.log" 2>&1 &
+# The tutorial's requests "from outside the cluster", to the ingress gateway.
+
+# The tutorial's input.json (iter8-tools/docs samples/kserve-serving/input.json): a V2
+# inference request with two rows for the iris-like model MLServer serves.
+cat >"$work/input.json" <<'JSON'
+{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}]}
+JSON
+# ask [CURL_ARGS...]: the tutorial's request; prints what `grep -e '^HTTP' -e app-version` would.
+ask() {
+  curl -H 'Content-Type: application/json' -H 'Host: wisdom.default' "$@" \
+    "$ingress" -d @"$work/input.json" -s -D - --max-time 10 |
+    tr -d '\r' | grep -e '^HTTP' -e app-version || true
+}
+# send_requests PLAIN TEST: sends both requests until the one without `traffic` is answered
+# 200 by version PLAIN and the one with `traffic: test` by version TEST (Envoy gets a new
+# VirtualService from istiod a moment after it is written), then prints them as the tutorial
+# does. Fails with the last answers after $TIMEOUT seconds.
+send_requests() {
+  local want_plain want_test plain test tries=0 note='' deadline=$((SECONDS + TIMEOUT))
+  want_plain=$(printf 'HTTP/1.1 200 OK\napp-version: %s' "$1")
+  want_test=$(printf 'HTTP/1.1 200 OK\napp-version: %s' "$2")
+  while :; do
+    tries=$((tries + 1))
+    plain=$(ask)
+    test=$(ask -H 'traffic: test')
+    [ "$plain" = "$want_plain" ] && [ "$test" = "$want_test" ] && break
+    ((SECONDS < deadline)) ||
+      fail "after ${TIMEOUT}s, the requests are not answered as expected: without traffic: '${plain//$'\n'/ | }' (expected '${want_plain//$'\n'/ | }'); with traffic: test: '${test//$'\n'/ | }' (expected '${want_test//$'\n'/ | }')"
+    sleep 0.2
+  done
+  printf "%s\$ curl -H 'Content-Type: application/json' -H 'Host: wisdom.default' %s -d @input.json -s -D - | grep -e '^HTTP' -e app-version%s\n" "$dim" "$ingress" "$off"
+  printf '%s\n' "$plain" | sed 's/^/  /'
+  printf "%s\$ curl -H 'Content-Type: application/json' -H 'traffic: test' -H 'Host: wisdom.default' %s -d @input.json -s -D - | grep -e '^HTTP' -e app-version%s\n" "$dim" "$ingress" "$off"
+  printf '%s\n' "$test" | sed 's/^/  /'
+  ((tries == 1)) || note=" (after $tries tries: Envoy gets the new routes from istiod moments after the VirtualService changes)"
+  ok "without traffic: $1 answers; with traffic: test: $2 answers$note"
+}
+
+# ---------------------------------------------------------------------------------------
+if [ "$DATAPLANE" = 1 ]; then
+  section "Start a local control plane and data plane (etcd, kube-apiserver, kube-controller-manager; istiod, Envoy, MLServer)"
+  up_args=(--dataplane)
+else
+  section "Start a local control plane (etcd, kube-apiserver, kube-controller-manager)"
+  up_args=()
+fi
+cargo run -q -p testenv -- up --kubeconfig "$KUBECONFIG" "${up_args[@]}" >"$work/control-plane.log" 2>&1 &
 plane_pid=$!
 # `testenv up` writes the kubeconfig once the API server is ready and the CRDs of KServe,
 # Istio and the Gateway API are established.
@@ -198,6 +269,26 @@ done
 kubectl get --raw /readyz >/dev/null || fail "kube-apiserver is not ready"
 ok "control plane up at $(kubectl config view -o jsonpath='{.clusters[0].cluster.server}')"
 run kubectl get crd inferenceservices.serving.kserve.io virtualservices.networking.istio.io
+ingress=''
+if [ "$DATAPLANE" = 1 ]; then
+  # `testenv up --dataplane` writes the ingress address next to the kubeconfig once istiod
+  # and both Envoys run and the KServe + Knative stand-in watches InferenceServices.
+  deadline=$((SECONDS + MODEL_TIMEOUT))
+  until [ -s "$KUBECONFIG.ingress" ]; do
+    kill -0 "$plane_pid" 2>/dev/null ||
+      fail "the data plane did not start (missing components? run 'make setup'; or DEMO_DATAPLANE=0 to run without it)"
+    ((SECONDS < deadline)) || fail "the data plane was not ready after ${MODEL_TIMEOUT}s"
+    sleep 0.2
+  done
+  ingress=$(cat "$KUBECONFIG.ingress")
+  ok "data plane up: istiod; the ingress gateway (Envoy) at $ingress; knative-local-gateway (Envoy)"
+  say "KServe and Knative are not installed: 'testenv up --dataplane' stands in for them. For each"
+  say "InferenceService it starts a real MLServer, routes the predictor to it and writes KServe's"
+  say "Ready status once the model answers."
+else
+  say "DEMO_DATAPLANE=0: no data plane, so no model is served and no request is sent; the demo"
+  say "writes InferenceService status itself, standing in for KServe."
+fi
 
 # ---------------------------------------------------------------------------------------
 section "Install the Iter8 controller"
@@ -253,9 +344,10 @@ application:
 EOF
 run kubectl get inferenceservices,services,configmaps
 run kubectl get service wisdom -o jsonpath='{.spec.type} -> {.spec.externalName}{"\n"}'
-kserve_reports wisdom-0 ready
+if [ "$DATAPLANE" = 1 ]; then model_ready wisdom-0; else kserve_reports wisdom-0 ready; fi
 wait_for "VirtualService wisdom routes every request to wisdom-0" routes_are wisdom-0
 show_routes
+[ "$DATAPLANE" = 0 ] || send_requests wisdom-0 wisdom-0
 
 # ---------------------------------------------------------------------------------------
 section "Step 2: deploy the candidate"
@@ -281,16 +373,31 @@ application:
   strategy: canary
 EOF
 wait_for "InferenceService wisdom-1 exists" exists inferenceservice wisdom-1
-kserve_reports wisdom-1 not-ready
-wait_for "the controller to see both InferenceServices and finish its work" settled_with_isvcs 2
-routes_are wisdom-0 || fail "routing changed before wisdom-1 was ready: routes $(routes)"
-ok "while wisdom-1 is not ready, routing is unchanged"
-show_routes
-kserve_reports wisdom-1 ready
+if [ "$DATAPLANE" = 1 ]; then
+  say "The KServe stand-in starts an MLServer for wisdom-1; until its model answers, wisdom-1 is not Ready:"
+  run kubectl get inferenceservice wisdom-1
+  wait_for "the controller to see both InferenceServices and finish its work" settled_with_isvcs 2
+  seen=$(routes)
+  if ! isvc_ready wisdom-1; then # still not Ready after the routes were read
+    [ "$seen" = wisdom-0 ] || fail "routing changed before wisdom-1 was ready: routes $seen"
+    ok "while wisdom-1 is not ready, routing is unchanged"
+  else
+    say "(wisdom-1 became Ready before its routing could be checked while not Ready; check skipped)"
+  fi
+  model_ready wisdom-1
+else
+  kserve_reports wisdom-1 not-ready
+  wait_for "the controller to see both InferenceServices and finish its work" settled_with_isvcs 2
+  routes_are wisdom-0 || fail "routing changed before wisdom-1 was ready: routes $(routes)"
+  ok "while wisdom-1 is not ready, routing is unchanged"
+  show_routes
+  kserve_reports wisdom-1 ready
+fi
 wait_for "VirtualService wisdom routes 'traffic: test' to wisdom-1, the rest to wisdom-0" routes_are wisdom-1 wisdom-0
 header=$(kubectl get virtualservice wisdom -o jsonpath='{.spec.http[0].match[0].headers.traffic.exact}')
 [ "$header" = test ] || fail "wisdom-1's route matches traffic=$header, expected test"
 show_routes
+[ "$DATAPLANE" = 0 ] || send_requests wisdom-0 wisdom-1
 
 # ---------------------------------------------------------------------------------------
 section "Step 3: promote the candidate"
@@ -311,10 +418,12 @@ application:
 EOF
 wait_for "InferenceService wisdom-1 is deleted" gone inferenceservice wisdom-1
 run kubectl get inferenceservice wisdom-0 -o jsonpath='wisdom-0: generation {.metadata.generation}, version label {.metadata.labels.app\.kubernetes\.io/version}{"\n"}'
-say "wisdom-0 now carries the v1 labels; its model is the same, so KServe keeps it Ready."
+say "wisdom-0 now carries the v1 labels; its spec (the model) is the same, so its generation is"
+say "unchanged and KServe (here: its stand-in) keeps it Ready, serving the same revision."
 wait_for "the controller to see one InferenceService and finish its work" settled_with_isvcs 1
 wait_for "VirtualService wisdom routes every request to wisdom-0 again" routes_are wisdom-0
 show_routes
+[ "$DATAPLANE" = 0 ] || send_requests wisdom-0 wisdom-0
 
 # ---------------------------------------------------------------------------------------
 section "Clean up"
@@ -323,6 +432,9 @@ wait_for "VirtualService wisdom is gone" gone virtualservice wisdom
 wait_for "InferenceServices are gone" gone inferenceservices -l app.kubernetes.io/name=wisdom
 wait_for "Service wisdom is gone" gone service wisdom
 wait_for "routemap wisdom-routemap is gone" gone configmap wisdom-routemap
+if [ "$DATAPLANE" = 1 ]; then
+  wait_for "the KServe stand-in removed wisdom-0's predictor route" gone virtualservice wisdom-0-predictor-ingress
+fi
 run kubectl get virtualservices,inferenceservices,services,configmaps
 errors=$(sed -e 's/\x1b\[[0-9;]*m//g' "$work/controller.log" | grep -c ' ERROR ' || true)
 [ "$errors" = 0 ] || fail "the controller logged $errors errors"

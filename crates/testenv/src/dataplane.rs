@@ -649,9 +649,11 @@ impl DataPlane {
         let n = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
         let revision = format!("{name}-predictor-{n:05}");
         let ip = next_ip()?;
-        let server = self.start_model_server(ns, name, &revision, variant, ip)?;
-        let port = server.1;
-        let mut server = server.0;
+        // Everything up to a routed, answering revision; on failure what was registered for
+        // the new revision is removed and a previous revision keeps serving (as in Knative,
+        // a failed revision does not take traffic from the last ready one).
+        let started: Result<ModelServer> = async {
+        let (mut server, port) = self.start_model_server(ns, name, &revision, variant, ip)?;
         register_backend(
             &client,
             ns,
@@ -716,6 +718,19 @@ impl DataPlane {
         .await
         .map_err(|e| anyhow!("{e}; {}", self.diagnostics()))?;
         self.check_healthy()?;
+        Ok(server)
+        }
+        .await;
+        let server = match started {
+            Ok(server) => server,
+            Err(e) => {
+                let _ = unregister_backend(&client, ns, &revision).await;
+                if let Some(old) = previous {
+                    self.models.lock().await.entry(key).or_insert(old);
+                }
+                return Err(e);
+            }
+        };
 
         write_isvc_status(
             &isvcs,

@@ -129,10 +129,25 @@ impl Drop for Process {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; the caller binds it next).
+/// A free TCP port on 127.0.0.1 (bound then released; the caller binds it next). Never the
+/// same port twice in one process: the kernel may hand a just-released port out again, and
+/// callers that pick several ports before binding any (MLServer's HTTP, gRPC and metrics
+/// ports) must get distinct ones.
 pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..100 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+        let port = listener.local_addr()?.port();
+        if GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port)
+        {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found that was not already handed out")
 }
 
 /// Fails with a clear message if `port` is already taken on 127.0.0.1.
