@@ -183,8 +183,16 @@ impl Controller {
 
         // Between items, stop when asked; an item in flight (an apply) always finishes.
         loop {
+            // Never decide from a partial view: until every store has listed (at start, and
+            // again after a watch failed), a missing object may only be not listed yet, and
+            // routing written from that view would drop ready versions.
             let item = tokio::select! {
-                item = self.queue.pop() => item,
+                item = async {
+                    while !self.synced() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    self.queue.pop().await
+                } => item,
                 _ = shutdown.notified() => break,
             };
             self.work(item).await;
@@ -274,7 +282,7 @@ impl Controller {
                         // readiness does not wait for it; the backoff keeps retrying and the
                         // watch starts as soon as the CRD appears.
                         if !missing_logged {
-                            tracing::warn!(resource = %gvr, "resource type not served (CRD missing?); will watch it once it appears");
+                            tracing::warn!(resource = %gvr, error = %e, "cannot watch resource type (CRD missing or access forbidden); will watch it once possible");
                             missing_logged = true;
                         }
                         self.lock_synced().insert(name.clone(), true);
@@ -782,9 +790,13 @@ fn routemap_key(cm: &ConfigMap) -> RoutemapKey {
     }
 }
 
+/// A watch that cannot work until the cluster changes: the type is not served (CRD missing)
+/// or RBAC forbids it. Such a type counts as listed-empty, so it does not hold up the rest.
 fn is_not_found(e: &watcher::Error) -> bool {
     let text = format!("{e:?}");
-    text.contains("404") || text.contains("NotFound")
+    ["404", "NotFound", "403", "Forbidden"]
+        .iter()
+        .any(|s| text.contains(s))
 }
 
 /// The desired routing object: owned by the routemap (so garbage collection removes it with
