@@ -3,9 +3,9 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: setup build lint test demo control-plane clean-cache
+.PHONY: setup setup-original build lint test bench demo control-plane clean-cache
 
-## Build or find the pinned kube-apiserver, etcd, helm and CRDs (cached by version).
+## Build or find the pinned kube-apiserver, etcd, helm, CRDs, istiod, Envoy and MLServer (cached by version).
 setup:
 	testenv/setup.sh
 
@@ -16,9 +16,20 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## The original Iter8 controller too (cached by version): crates/bench's test compares against it.
+setup-original:
+	testenv/setup.sh --with-original
+
 ## Everything CI runs.
-test: setup lint
+test: setup-original lint
 	$(CARGO) test --workspace --no-fail-fast
+
+## Our controller against the original, side by side (see BENCHMARKS.md). APPS=100 CANDIDATES=50.
+APPS ?= 100
+CANDIDATES ?= 50
+bench: setup-original
+	$(CARGO) build --release -p iter8 -p bench
+	target/release/bench --apps $(APPS) --candidates $(CANDIDATES)
 
 ## The seed tutorial, end to end, on a local control plane.
 demo: setup build

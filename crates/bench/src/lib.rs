@@ -1,0 +1,1030 @@
+//! Side-by-side benchmark of our routing controller and the original Iter8 v1.1.2 controller
+//! on one real control plane (etcd + kube-apiserver from `testenv`).
+//!
+//! Each controller runs in turn, alone, in a fresh namespace of its own, as its own client-
+//! certificate user (bound to cluster-admin) so the API server's audit log attributes every
+//! request to it. Per run:
+//!
+//! 1. **bulk convergence**: `N` applications shaped like the tutorial (InferenceServices
+//!    `<app>-0` Ready and `<app>-1` not Ready, the tutorial's canary routemap) are created;
+//!    time until every VirtualService carries exactly the primary route.
+//! 2. **readiness-to-route**: `M` candidates are marked Ready one at a time through the status
+//!    subresource (as KServe writes it); time until a watch on VirtualServices sees the
+//!    candidate route.
+//! 3. **no-change restart**: the controller is restarted (as a new user) with nothing changed;
+//!    its requests and writes until it goes quiet.
+//!
+//! Resource use comes from `/proc/<pid>` (VmHWM, VmRSS, utime + stime); API cost from the
+//! audit log.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use testenv::ControlPlane;
+
+/// The tutorial's routemap (step 2: two versions, canary template).
+const ROUTEMAP: &str = include_str!("../../core/testdata/kserve-canary/routemap-step2.yaml");
+
+/// Which controller a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ours,
+    Original,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Ours => "ours",
+            Kind::Original => "original",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Number of applications.
+    pub apps: usize,
+    /// Number of candidates made Ready one by one (at most `apps`).
+    pub candidates: usize,
+    /// Our `iter8` binary.
+    pub ours: PathBuf,
+    /// The original controller's binary (`iter8` of v1.1.2).
+    pub original: PathBuf,
+    /// How long to wait for convergence before giving up.
+    pub timeout: Duration,
+    /// Measure the no-change restart.
+    pub restart: bool,
+    /// Extra environment for the original (e.g. HELM_QPS to lift its client-side throttle).
+    pub original_env: Vec<(String, String)>,
+    /// Run order, e.g. [Ours, Original].
+    pub order: Vec<Kind>,
+}
+
+/// Figures of one controller run.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    pub kind: Option<Kind>,
+    pub apps: usize,
+    pub converged: usize,
+    pub convergence: Option<Duration>,
+    pub latencies: Vec<Duration>,
+    pub candidates_routed: usize,
+    pub peak_rss_kib: u64,
+    pub steady_rss_kib: u64,
+    pub cpu_converge_s: f64,
+    pub cpu_total_s: f64,
+    pub req_converge: Counts,
+    pub req_readiness: Counts,
+    pub readiness_window: Duration,
+    pub restart: Option<RestartReport>,
+}
+
+/// Figures of the no-change restart.
+#[derive(Debug, Clone, Default)]
+pub struct RestartReport {
+    pub counts: Counts,
+    pub quiet_after: Duration,
+    pub capped: bool,
+    pub peak_rss_kib: u64,
+    pub cpu_s: f64,
+}
+
+/// Requests of one user in a stretch of the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    pub total: u64,
+    /// create/update/patch/delete on virtualservices.
+    pub vs_writes: u64,
+    /// Writes on leases (ours: leader election renewals).
+    pub lease_writes: u64,
+    /// Events created.
+    pub event_writes: u64,
+    /// Every other write (finalizer updates, ...).
+    pub other_writes: u64,
+    /// By `verb resource`.
+    pub by_kind: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    pub fn writes(&self) -> u64 {
+        self.vs_writes + self.lease_writes + self.event_writes + self.other_writes
+    }
+    /// Requests other than lease traffic (leader election), which is time- not work-driven.
+    pub fn non_lease(&self) -> u64 {
+        self.total
+            - self
+                .by_kind
+                .iter()
+                .filter(|(k, _)| k.ends_with(" leases"))
+                .map(|(_, v)| v)
+                .sum::<u64>()
+    }
+}
+
+fn isvc_ar() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("serving.kserve.io", "v1beta1", "InferenceService"),
+        "inferenceservices",
+    )
+}
+
+fn vs_ar() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("networking.istio.io", "v1beta1", "VirtualService"),
+        "virtualservices",
+    )
+}
+
+/// The controller config both controllers get: the original chart's resource types table,
+/// a resync long enough not to fire during a run.
+const CONTROLLER_CONFIG: &str = r#"defaultResync: 1h
+resourceTypes:
+  svc: {Group: "", Version: v1, Resource: services}
+  service: {Group: "", Version: v1, Resource: services}
+  cm: {Group: "", Version: v1, Resource: configmaps}
+  deploy: {Group: apps, Version: v1, Resource: deployments, conditions: [Available]}
+  isvc: {Group: serving.kserve.io, Version: v1beta1, Resource: inferenceservices, conditions: [Ready]}
+  vs: {Group: networking.istio.io, Version: v1beta1, Resource: virtualservices}
+  httproute: {Group: gateway.networking.k8s.io, Version: v1, Resource: httproutes}
+"#;
+
+fn app_name(i: usize) -> String {
+    format!("app{i}")
+}
+
+fn routemap_spec(app: &str, ns: &str) -> String {
+    ROUTEMAP.replace("wisdom", app).replace("default", ns)
+}
+
+/// A running controller process; killed when dropped.
+struct Proc {
+    child: Child,
+    admin_port: Option<u16>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn terminate(mut self) -> Result<()> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Ok(())
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Peak and current RSS (KiB) of a process.
+fn rss(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = text.rsplit_once(')') else {
+        return 0.0;
+    };
+    // rest starts at field 3 (state); utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (get(14) + get(15)) / clock_ticks()
+}
+
+/// Reads the audit log from byte offsets.
+struct Audit {
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+struct AuditLine {
+    user: String,
+    verb: String,
+    resource: String,
+    subresource: String,
+}
+
+impl Audit {
+    fn offset(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Requests (one per request: a watch counts when it starts, others when they complete)
+    /// between `from` and `to` (byte offsets).
+    fn lines(&self, from: u64, to: u64) -> Result<Vec<AuditLine>> {
+        Ok(self.lines_upto(from, to)?.0)
+    }
+
+    /// Like [`Audit::lines`], also returning where the last complete line ends.
+    fn lines_upto(&self, from: u64, to: u64) -> Result<(Vec<AuditLine>, u64)> {
+        let mut f = std::fs::File::open(&self.path)?;
+        f.seek(SeekFrom::Start(from))?;
+        let mut reader = std::io::BufReader::new(f);
+        let mut pos = from;
+        let mut out = Vec::new();
+        let mut line = String::new();
+        while pos < to {
+            line.clear();
+            let n = reader.read_line(&mut line)?;
+            if n == 0 || !line.ends_with('\n') {
+                break;
+            }
+            pos += n as u64;
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let verb = v["verb"].as_str().unwrap_or_default().to_string();
+            let stage = v["stage"].as_str().unwrap_or_default();
+            let counted = if verb == "watch" {
+                stage == "ResponseStarted"
+            } else {
+                stage == "ResponseComplete" || stage == "Panic"
+            };
+            if !counted {
+                continue;
+            }
+            out.push(AuditLine {
+                user: v["user"]["username"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                verb,
+                resource: v["objectRef"]["resource"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .to_string(),
+                subresource: v["objectRef"]["subresource"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            });
+        }
+        Ok((out, pos))
+    }
+
+    fn counts(&self, user: &str, from: u64, to: u64) -> Result<Counts> {
+        let mut c = Counts::default();
+        for l in self.lines(from, to)?.into_iter().filter(|l| l.user == user) {
+            c.total += 1;
+            let res = if l.subresource.is_empty() {
+                l.resource.clone()
+            } else {
+                format!("{}/{}", l.resource, l.subresource)
+            };
+            *c.by_kind.entry(format!("{} {}", l.verb, res)).or_default() += 1;
+            if matches!(
+                l.verb.as_str(),
+                "create" | "update" | "patch" | "delete" | "deletecollection"
+            ) {
+                match l.resource.as_str() {
+                    "virtualservices" => c.vs_writes += 1,
+                    "leases" => c.lease_writes += 1,
+                    "events" => c.event_writes += 1,
+                    _ => c.other_writes += 1,
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether `user` has started watches on configmaps and inferenceservices since `from`.
+    fn watching(&self, user: &str, from: u64) -> bool {
+        let Ok(lines) = self.lines(from, self.offset()) else {
+            return false;
+        };
+        let w = |r: &str| {
+            lines
+                .iter()
+                .any(|l| l.user == user && l.verb == "watch" && l.resource == r)
+        };
+        w("configmaps") && w("inferenceservices") && w("virtualservices")
+    }
+
+    /// Waits until `user` has sent no request (other than on leases) for `quiet`, or `cap`
+    /// passed since `started`. Returns (time of the last request after `started`, capped).
+    async fn wait_quiet(
+        &self,
+        user: &str,
+        from: u64,
+        started: Instant,
+        quiet: Duration,
+        cap: Duration,
+    ) -> Result<(Duration, bool)> {
+        // Reads only what is new each time: re-parsing a large log would load the machine.
+        let mut pos = from;
+        let mut last_change = Instant::now();
+        let mut last_activity = started;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let (lines, end) = self.lines_upto(pos, self.offset())?;
+            pos = end;
+            let n = lines
+                .iter()
+                .filter(|l| l.user == user && l.resource != "leases")
+                .count();
+            if n > 0 {
+                last_change = Instant::now();
+                last_activity = Instant::now();
+            }
+            if last_change.elapsed() >= quiet {
+                return Ok((last_activity - started, false));
+            }
+            if started.elapsed() >= cap {
+                return Ok((started.elapsed(), true));
+            }
+        }
+    }
+}
+
+/// Per-VS arrival times, filled by a watch.
+#[derive(Default)]
+struct Arrivals {
+    /// First time each VS carried exactly the primary route.
+    primary: HashMap<String, Instant>,
+    /// First time each VS carried the candidate route.
+    candidate: HashMap<String, Instant>,
+}
+
+fn routes(vs: &DynamicObject) -> Vec<String> {
+    vs.data["spec"]["http"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn spawn_vs_watch(client: Client, ns: &str) -> (Arc<Mutex<Arrivals>>, tokio::task::JoinHandle<()>) {
+    let arrivals = Arc::new(Mutex::new(Arrivals::default()));
+    let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &vs_ar());
+    let a = arrivals.clone();
+    let task = tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        while let Ok(Some(ev)) = stream.try_next().await {
+            let now = Instant::now();
+            let obj = match ev {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => o,
+                _ => continue,
+            };
+            let name = obj.name_any();
+            let r = routes(&obj);
+            let mut g = a.lock().unwrap_or_else(|e| e.into_inner());
+            if r == [format!("{name}-0")] {
+                g.primary.entry(name).or_insert(now);
+            } else if r == [format!("{name}-1"), format!("{name}-0")] {
+                g.candidate.entry(name).or_insert(now);
+            }
+        }
+    });
+    (arrivals, task)
+}
+
+async fn apply_isvc(client: &Client, ns: &str, name: &str, ready: bool) -> Result<()> {
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &isvc_ar());
+    let obj = json!({"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {"name": name, "labels": {"iter8.tools/watch": "true"}},
+        "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "runtime": "kserve-mlserver", "storageUri": "gs://m"}}}});
+    api.patch(
+        name,
+        &PatchParams::apply("helm").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .with_context(|| format!("creating InferenceService {ns}/{name}"))?;
+    set_ready(client, ns, name, ready).await
+}
+
+/// Writes the conditions as KServe does, through the status subresource.
+async fn set_ready(client: &Client, ns: &str, name: &str, ready: bool) -> Result<()> {
+    let s = if ready { "True" } else { "Unknown" };
+    let status = json!({"status": {"observedGeneration": 1, "deploymentMode": "Knative", "conditions": [
+        {"type": "IngressReady", "status": s, "lastTransitionTime": "2026-08-20T10:00:40Z"},
+        {"type": "PredictorReady", "status": s, "lastTransitionTime": "2026-08-20T10:00:40Z"},
+        {"type": "Ready", "status": s, "lastTransitionTime": "2026-08-20T10:00:40Z"}]}});
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &isvc_ar())
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .with_context(|| format!("writing status of {ns}/{name}"))?;
+    Ok(())
+}
+
+async fn create_app(client: &Client, ns: &str, app: &str) -> Result<()> {
+    apply_isvc(client, ns, &format!("{app}-0"), true).await?;
+    apply_isvc(client, ns, &format!("{app}-1"), false).await?;
+    let name = format!("{app}-routemap");
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {"iter8.tools/kind": "routemap", "iter8.tools/version": "v1.1"}},
+        "data": {"strSpec": routemap_spec(app, ns)}});
+    Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply("helm").force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .with_context(|| format!("creating routemap {ns}/{name}"))?;
+    Ok(())
+}
+
+/// A kubeconfig file for `user`, bound to cluster-admin.
+async fn user_kubeconfig(cp: &ControlPlane, client: &Client, user: &str) -> Result<PathBuf> {
+    let crb: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("bench-{user}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+    }))?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &crb)
+        .await
+        .with_context(|| format!("binding {user} to cluster-admin"))?;
+    let path = cp.dir().join(format!("{user}.kubeconfig"));
+    std::fs::write(&path, cp.user_kubeconfig(user)?)?;
+    Ok(path)
+}
+
+fn start_controller(
+    cp: &ControlPlane,
+    settings: &Settings,
+    kind: Kind,
+    ns: &str,
+    kubeconfig: &Path,
+    tag: &str,
+) -> Result<Proc> {
+    let dir = cp.dir().join(format!("{}-{tag}", kind.label()));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, CONTROLLER_CONFIG)?;
+    let log = std::fs::File::create(dir.join("controller.log"))?;
+    let mut cmd;
+    let mut admin_port = None;
+    match kind {
+        Kind::Ours => {
+            let port = free_port()?;
+            admin_port = Some(port);
+            cmd = Command::new(&settings.ours);
+            cmd.args([
+                "controller",
+                "--admin-address",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("LOG_LEVEL", "warn");
+        }
+        Kind::Original => {
+            // As its chart runs it: the A/B/n gRPC service and the metrics HTTP service (with
+            // BadgerDB storage) start alongside the controllers; free ports and a private dir.
+            let abn = dir.join("abn.yaml");
+            std::fs::write(&abn, format!("port: {}\n", free_port()?))?;
+            let metrics = dir.join("metrics.yaml");
+            let badger = dir.join("metrics");
+            std::fs::write(
+                &metrics,
+                format!(
+                    "port: {}\nimplementation: badgerdb\nbadgerdb:\n  dir: {}\n",
+                    free_port()?,
+                    badger.display()
+                ),
+            )?;
+            cmd = Command::new(&settings.original);
+            cmd.args(["controllers", "-l", "warning"])
+                .env("ABN_CONFIG_FILE", &abn)
+                .env("METRICS_CONFIG_FILE", &metrics)
+                .env("METRICS_DIR", &badger);
+            for (k, v) in &settings.original_env {
+                cmd.env(k, v);
+            }
+        }
+    }
+    cmd.env("POD_NAME", "iter8-0")
+        .env("POD_NAMESPACE", ns)
+        .env("CONFIG_FILE", &config)
+        .env("KUBECONFIG", kubeconfig)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", cmd.get_program().to_string_lossy()))?;
+    Ok(Proc { child, admin_port })
+}
+
+/// Waits until the controller has started its watches (both controllers), and for ours until
+/// /readyz answers 200.
+async fn wait_started(audit: &Audit, user: &str, from: u64, proc_: &mut Proc) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = proc_.child.try_wait()? {
+            bail!("controller exited early with {status}");
+        }
+        let ready = proc_
+            .admin_port
+            .is_none_or(|p| http_status(p, "/readyz") == Some(200));
+        if ready && audit.watching(user, from) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("controller {user} did not start watching within 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Gives the audit log a moment to catch up with responses already received.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Runs one controller through the three phases.
+pub async fn run_one(
+    cp: &ControlPlane,
+    settings: &Settings,
+    kind: Kind,
+    round: usize,
+) -> Result<RunReport> {
+    let client = cp.client().await?;
+    let audit = Audit {
+        path: cp.dir().join("audit.log"),
+    };
+    let ns = cp.namespace(&format!("bench-{}", kind.label())).await?;
+    let user = format!("bench-{}-{round}", kind.label());
+    let kubeconfig = user_kubeconfig(cp, &client, &user).await?;
+    let mut report = RunReport {
+        kind: Some(kind),
+        apps: settings.apps,
+        ..RunReport::default()
+    };
+
+    let (arrivals, watch_task) = spawn_vs_watch(client.clone(), &ns);
+    let off_start = audit.offset();
+    let mut proc_ = start_controller(cp, settings, kind, &ns, &kubeconfig, &format!("{round}"))?;
+    wait_started(&audit, &user, off_start, &mut proc_).await?;
+    let pid = proc_.pid();
+    let cpu0 = cpu_seconds(pid);
+
+    // (a) bulk convergence.
+    settle().await;
+    let off_converge = audit.offset();
+    let t0 = Instant::now();
+    let apps: Vec<String> = (0..settings.apps).map(app_name).collect();
+    futures::stream::iter(apps.iter())
+        .map(|app| create_app(&client, &ns, app))
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let created = t0.elapsed();
+    let deadline = t0 + settings.timeout;
+    loop {
+        let done = arrivals.lock().map(|g| g.primary.len()).unwrap_or(0);
+        if done >= settings.apps {
+            let last = arrivals
+                .lock()
+                .ok()
+                .and_then(|g| g.primary.values().max().copied())
+                .unwrap_or_else(Instant::now);
+            report.convergence = Some(last - t0);
+            report.converged = done;
+            break;
+        }
+        if Instant::now() > deadline {
+            report.converged = done;
+            eprintln!(
+                "{}: only {done}/{} VirtualServices converged within {:?}",
+                kind.label(),
+                settings.apps,
+                settings.timeout
+            );
+            break;
+        }
+        if let Some(status) = proc_.child.try_wait()? {
+            bail!(
+                "{} controller exited with {status} during convergence",
+                kind.label()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "{}: created {} apps in {created:?}; converged {}/{} in {:?}",
+        kind.label(),
+        settings.apps,
+        report.converged,
+        settings.apps,
+        report.convergence
+    );
+    // Let the tail of the work (events, finalizers) finish before counting.
+    let (_, _) = audit
+        .wait_quiet(
+            &user,
+            off_converge,
+            Instant::now(),
+            Duration::from_secs(3),
+            settings.timeout,
+        )
+        .await?;
+    settle().await;
+    let off_ready = audit.offset();
+    report.req_converge = audit.counts(&user, off_converge, off_ready)?;
+    report.cpu_converge_s = cpu_seconds(pid) - cpu0;
+
+    // (b) readiness-to-route, one candidate at a time.
+    let t_ready = Instant::now();
+    for app in apps.iter().take(settings.candidates) {
+        let t = Instant::now();
+        set_ready(&client, &ns, &format!("{app}-1"), true).await?;
+        let deadline = t + settings.timeout.min(Duration::from_secs(300));
+        loop {
+            let got = arrivals
+                .lock()
+                .ok()
+                .and_then(|g| g.candidate.get(app).copied());
+            if let Some(at) = got {
+                report.latencies.push(at.saturating_duration_since(t));
+                report.candidates_routed += 1;
+                break;
+            }
+            if Instant::now() > deadline {
+                eprintln!("{}: candidate {app} not routed in time", kind.label());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    audit
+        .wait_quiet(
+            &user,
+            off_ready,
+            Instant::now(),
+            Duration::from_secs(3),
+            Duration::from_secs(300),
+        )
+        .await?;
+    settle().await;
+    let off_after = audit.offset();
+    report.readiness_window = t_ready.elapsed();
+    report.req_readiness = audit.counts(&user, off_ready, off_after)?;
+    let (peak, steady) = rss(pid);
+    report.peak_rss_kib = peak;
+    report.steady_rss_kib = steady;
+    report.cpu_total_s = cpu_seconds(pid) - cpu0;
+
+    // (c) no-change restart, as a new user so the audit log separates it.
+    if settings.restart {
+        proc_.terminate()?;
+        let user2 = format!("{user}-restart");
+        let kc2 = user_kubeconfig(cp, &client, &user2).await?;
+        settle().await;
+        let off = audit.offset();
+        let started = Instant::now();
+        let mut p2 = start_controller(cp, settings, kind, &ns, &kc2, &format!("{round}-restart"))?;
+        wait_started(&audit, &user2, off, &mut p2).await?;
+        let (quiet_after, capped) = audit
+            .wait_quiet(
+                &user2,
+                off,
+                started,
+                Duration::from_secs(5),
+                settings.timeout,
+            )
+            .await?;
+        settle().await;
+        let counts = audit.counts(&user2, off, audit.offset())?;
+        let (peak, _) = rss(p2.pid());
+        report.restart = Some(RestartReport {
+            counts,
+            quiet_after,
+            capped,
+            peak_rss_kib: peak,
+            cpu_s: cpu_seconds(p2.pid()),
+        });
+        p2.terminate()?;
+    } else {
+        proc_.terminate()?;
+    }
+    watch_task.abort();
+    Ok(report)
+}
+
+/// Runs every controller in `settings.order`, each on a fresh namespace.
+pub async fn run(cp: &ControlPlane, settings: &Settings) -> Result<Vec<RunReport>> {
+    let mut out = Vec::new();
+    for (round, kind) in settings.order.iter().enumerate() {
+        out.push(run_one(cp, settings, *kind, round).await?);
+    }
+    Ok(out)
+}
+
+fn pct(v: &[Duration], p: f64) -> Option<Duration> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort();
+    let idx = ((p / 100.0) * s.len() as f64).ceil() as usize;
+    Some(s[idx.clamp(1, s.len()) - 1])
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+        .unwrap_or_else(|| "—".into())
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.2} s", d.as_secs_f64()))
+        .unwrap_or_else(|| "—".into())
+}
+
+fn ratio(orig: f64, ours: f64) -> String {
+    if ours == 0.0 && orig == 0.0 {
+        "=".into()
+    } else if ours == 0.0 {
+        "∞".into()
+    } else {
+        format!("{:.1}x", orig / ours)
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// The Markdown table comparing the first run of each kind.
+pub fn markdown(reports: &[RunReport]) -> String {
+    let find = |k: Kind| reports.iter().find(|r| r.kind == Some(k));
+    let (Some(o), Some(g)) = (find(Kind::Ours), find(Kind::Original)) else {
+        return "need one run of each controller\n".into();
+    };
+    let m = |r: &RunReport| r.candidates_routed.max(1) as f64;
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let d = |x: Option<Duration>| x.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
+    let mut row =
+        |name: &str, ours: String, orig: String, r: String| rows.push((name.into(), ours, orig, r));
+    row(
+        &format!("bulk convergence, {} apps", o.apps),
+        format!("{} ({}/{})", secs(o.convergence), o.converged, o.apps),
+        format!("{} ({}/{})", secs(g.convergence), g.converged, g.apps),
+        ratio(d(g.convergence), d(o.convergence)),
+    );
+    for (label, p) in [("p50", 50.0), ("p95", 95.0), ("p99", 99.0)] {
+        row(
+            &format!(
+                "readiness→route {label} ({} candidates)",
+                o.candidates_routed
+            ),
+            ms(pct(&o.latencies, p)),
+            ms(pct(&g.latencies, p)),
+            ratio(d(pct(&g.latencies, p)), d(pct(&o.latencies, p))),
+        );
+    }
+    row(
+        "peak RSS (VmHWM)",
+        mib(o.peak_rss_kib),
+        mib(g.peak_rss_kib),
+        ratio(g.peak_rss_kib as f64, o.peak_rss_kib as f64),
+    );
+    row(
+        "steady RSS (VmRSS after readiness phase)",
+        mib(o.steady_rss_kib),
+        mib(g.steady_rss_kib),
+        ratio(g.steady_rss_kib as f64, o.steady_rss_kib as f64),
+    );
+    row(
+        "CPU during bulk convergence",
+        format!("{:.2} s", o.cpu_converge_s),
+        format!("{:.2} s", g.cpu_converge_s),
+        ratio(g.cpu_converge_s, o.cpu_converge_s),
+    );
+    row(
+        "CPU total (convergence + readiness)",
+        format!("{:.2} s", o.cpu_total_s),
+        format!("{:.2} s", g.cpu_total_s),
+        ratio(g.cpu_total_s, o.cpu_total_s),
+    );
+    row(
+        "API requests, bulk convergence (per app)",
+        format!(
+            "{} ({:.1})",
+            o.req_converge.total,
+            o.req_converge.total as f64 / o.apps as f64
+        ),
+        format!(
+            "{} ({:.1})",
+            g.req_converge.total,
+            g.req_converge.total as f64 / g.apps as f64
+        ),
+        ratio(g.req_converge.total as f64, o.req_converge.total as f64),
+    );
+    row(
+        "API requests per readiness change (excl. lease)",
+        format!("{:.1}", o.req_readiness.non_lease() as f64 / m(o)),
+        format!("{:.1}", g.req_readiness.non_lease() as f64 / m(g)),
+        ratio(
+            g.req_readiness.non_lease() as f64 / m(g),
+            o.req_readiness.non_lease() as f64 / m(o),
+        ),
+    );
+    row(
+        "API requests per readiness change (all, incl. lease renewals)",
+        format!("{:.1}", o.req_readiness.total as f64 / m(o)),
+        format!("{:.1}", g.req_readiness.total as f64 / m(g)),
+        ratio(
+            g.req_readiness.total as f64 / m(g),
+            o.req_readiness.total as f64 / m(o),
+        ),
+    );
+    row(
+        "VS writes per readiness change",
+        format!("{:.1}", o.req_readiness.vs_writes as f64 / m(o)),
+        format!("{:.1}", g.req_readiness.vs_writes as f64 / m(g)),
+        ratio(
+            g.req_readiness.vs_writes as f64 / m(g),
+            o.req_readiness.vs_writes as f64 / m(o),
+        ),
+    );
+    row(
+        "other writes per readiness change (events / finalizers / leases)",
+        format!(
+            "{:.1} ({} ev, {} other, {} lease)",
+            (o.req_readiness.writes() - o.req_readiness.vs_writes) as f64 / m(o),
+            o.req_readiness.event_writes,
+            o.req_readiness.other_writes,
+            o.req_readiness.lease_writes
+        ),
+        format!(
+            "{:.1} ({} ev, {} other, {} lease)",
+            (g.req_readiness.writes() - g.req_readiness.vs_writes) as f64 / m(g),
+            g.req_readiness.event_writes,
+            g.req_readiness.other_writes,
+            g.req_readiness.lease_writes
+        ),
+        String::new(),
+    );
+    if let (Some(ro), Some(rg)) = (&o.restart, &g.restart) {
+        let cap = |r: &RestartReport| if r.capped { " (capped)" } else { "" };
+        row(
+            "no-change restart: API requests (excl. lease)",
+            format!("{}", ro.counts.non_lease()),
+            format!("{}", rg.counts.non_lease()),
+            ratio(rg.counts.non_lease() as f64, ro.counts.non_lease() as f64),
+        );
+        row(
+            "no-change restart: writes (VS / events / other, excl. lease)",
+            format!(
+                "{} / {} / {}",
+                ro.counts.vs_writes, ro.counts.event_writes, ro.counts.other_writes
+            ),
+            format!(
+                "{} / {} / {}",
+                rg.counts.vs_writes, rg.counts.event_writes, rg.counts.other_writes
+            ),
+            String::new(),
+        );
+        row(
+            "no-change restart: busy for",
+            format!("{:.1} s{}", ro.quiet_after.as_secs_f64(), cap(ro)),
+            format!("{:.1} s{}", rg.quiet_after.as_secs_f64(), cap(rg)),
+            ratio(rg.quiet_after.as_secs_f64(), ro.quiet_after.as_secs_f64()),
+        );
+    }
+    let mut s = String::from(
+        "| metric | ours | original v1.1.2 | original ÷ ours |\n|---|---:|---:|---:|\n",
+    );
+    for (a, b, c, dd) in rows {
+        s.push_str(&format!("| {a} | {b} | {c} | {dd} |\n"));
+    }
+    s
+}
+
+/// Request breakdown by verb and resource, per controller and phase.
+pub fn breakdown(reports: &[RunReport]) -> String {
+    let mut s = String::new();
+    for r in reports {
+        let label = r.kind.map(Kind::label).unwrap_or("?");
+        let mut phases = vec![
+            ("bulk convergence", &r.req_converge),
+            ("readiness changes", &r.req_readiness),
+        ];
+        if let Some(rs) = &r.restart {
+            phases.push(("no-change restart", &rs.counts));
+        }
+        for (phase, c) in phases {
+            let parts: Vec<String> = c.by_kind.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            s.push_str(&format!("- {label}, {phase}: {}\n", parts.join(", ")));
+        }
+    }
+    s
+}
+
+/// Locates the original controller binary built by `testenv/setup.sh --with-original`.
+pub fn original_binary() -> Result<PathBuf> {
+    let v = testenv::tools::version("ITER8_ORIGINAL_VERSION");
+    let path = testenv::tools::cache_dir().join(format!("iter8-original-{v}/bin/iter8"));
+    if !path.exists() {
+        return Err(anyhow!(
+            "the original Iter8 {v} controller is not built ({} is missing); run `testenv/setup.sh --with-original`",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// Machine facts for the report.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|k| format!("{:.1} GiB", k / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cpus} CPUs ({model}), {mem} RAM")
+}
