@@ -406,8 +406,10 @@ async fn continuous_load_through_a_rollout_never_fails() {
     // The load: every 20 ms one request, alternating `traffic: test`; at most 9,000 (3 min).
     let t0 = Instant::now();
     let stop = Arc::new(AtomicU64::new(0));
+    let sent_count = Arc::new(AtomicU64::new(0));
     let load = {
-        let (http, host, stop) = (http.clone(), host.clone(), stop.clone());
+        let (http, host, stop, sent_count) =
+            (http.clone(), host.clone(), stop.clone(), sent_count.clone());
         let ingress = dp.ingress();
         tokio::spawn(async move {
             let mut log = Vec::new();
@@ -421,6 +423,7 @@ async fn continuous_load_through_a_rollout_never_fails() {
                 let test = i % 2 == 0;
                 let a = infer(&http, ingress, &host, test).await;
                 log.push((sent, test, a));
+                sent_count.fetch_add(1, Ordering::Relaxed);
             }
             log
         })
@@ -449,7 +452,14 @@ async fn continuous_load_through_a_rollout_never_fails() {
         |a| a.model_version() == Some("v1"),
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Keep the load on the promoted model for another 100 requests.
+    let promoted_at = sent_count.load(Ordering::Relaxed);
+    testenv::wait_for("100 requests after the promotion", WAIT, || {
+        let n = sent_count.load(Ordering::Relaxed);
+        async move { (n >= promoted_at + 100).then_some(()) }
+    })
+    .await
+    .unwrap();
     stop.store(1, Ordering::Relaxed);
     let log = load.await.unwrap();
 
@@ -726,8 +736,18 @@ async fn mirror_copies_reach_the_candidate_and_clients_see_only_the_primary() {
             "clients must see only the primary"
         );
     }
-    // Mirrored requests are sent in the background; give the last ones a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Mirrored copies are sent in the background: wait until about 70% of them have arrived.
+    testenv::wait_for("the mirrored copies", WAIT, || {
+        let copies = b1.hits.load(Ordering::Relaxed) - before.1;
+        async move { (copies >= 100).then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}; candidate got {} copies of 200",
+            b1.hits.load(Ordering::Relaxed) - before.1
+        )
+    });
     let primary = b0.hits.load(Ordering::Relaxed) - before.0;
     // Every request the candidate gets is a copy: no client ever saw it answer. (Istio sets
     // disable_shadow_host_suffix_append, so copies keep their Host; counted for the log.)
