@@ -69,6 +69,17 @@ impl ControlPlane {
 
         let etcd_port = process::free_port()?;
         let etcd_data = dir.path().join("etcd");
+        // Installing the CRDs makes the API server build handlers and OpenAPI for 22 large
+        // schemas, tens of seconds on 2 cores. Start instead from a copy of etcd's data as it
+        // was once the CRDs were installed, cached per version set.
+        let snapshot = (!opts.skip_crds).then(|| crd_snapshot_dir(&tools));
+        let from_snapshot = match &snapshot {
+            Some(snap) if snap.join(".complete").exists() => {
+                copy_dir(snap, &etcd_data).context("copying the cached etcd data")?;
+                true
+            }
+            _ => false,
+        };
         let etcd = start_etcd(&tools, etcd_port, &etcd_data, dir.path())?;
 
         let port = match opts.apiserver_port {
@@ -106,14 +117,46 @@ impl ControlPlane {
             dir,
         };
         cp.wait_ready().await?;
+        if !opts.skip_crds {
+            // From a snapshot the CRDs are there: only wait until each is established.
+            let files = cp.tools.crd_files()?;
+            cp.ensure_crds(&files, !from_snapshot).await?;
+            if let (Some(snap), false) = (&snapshot, from_snapshot) {
+                cp.save_snapshot(snap).await?;
+            }
+        }
         if opts.controller_manager {
             cp.start_controller_manager(opts.workload_controllers)?;
         }
-        if !opts.skip_crds {
-            let files = cp.tools.crd_files()?;
-            cp.install_crds(&files).await?;
-        }
         Ok(cp)
+    }
+
+    /// Stops etcd cleanly, keeps a copy of its data in the cache, and starts it again.
+    async fn save_snapshot(&mut self, snap: &Path) -> Result<()> {
+        self.apiserver.stop(Duration::from_secs(10));
+        self.etcd.stop(Duration::from_secs(10));
+        let tmp = snap.with_extension(format!("tmp.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        copy_dir(&self.etcd_data, &tmp).context("saving the etcd data to the cache")?;
+        std::fs::write(tmp.join(".complete"), "")?;
+        // Another process may have saved one meanwhile; either copy is as good.
+        if std::fs::rename(&tmp, snap).is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        self.etcd = start_etcd(
+            &self.tools,
+            self.etcd_port,
+            &self.etcd_data,
+            self.dir.path(),
+        )?;
+        self.apiserver = start_apiserver(
+            &self.tools,
+            &self.pki,
+            self.port,
+            self.etcd_port,
+            self.dir.path(),
+        )?;
+        self.wait_ready().await
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
@@ -170,6 +213,11 @@ impl ControlPlane {
 
     /// Installs CRD files with server-side apply and waits until each is established.
     pub async fn install_crds(&self, files: &[PathBuf]) -> Result<()> {
+        self.ensure_crds(files, true).await
+    }
+
+    /// Applies (if `apply`) the CRDs in `files` and waits until each is established.
+    async fn ensure_crds(&self, files: &[PathBuf], apply: bool) -> Result<()> {
         let api: Api<CustomResourceDefinition> = Api::all(self.client().await?);
         let mut crds = Vec::new();
         for file in files {
@@ -192,15 +240,19 @@ impl ControlPlane {
             let api = api.clone();
             async move {
                 let name = crd.metadata.name.clone().unwrap_or_default();
-                let pp = PatchParams::apply("testenv").force();
-                api.patch(&name, &pp, &Patch::Apply(crd))
-                    .await
-                    .with_context(|| {
-                        format!("applying CRD {name} from {} failed", file.display())
-                    })?;
+                if apply {
+                    let pp = PatchParams::apply("testenv").force();
+                    api.patch(&name, &pp, &Patch::Apply(crd))
+                        .await
+                        .with_context(|| {
+                            format!("applying CRD {name} from {} failed", file.display())
+                        })?;
+                }
                 let deadline = Instant::now() + READY_TIMEOUT;
                 loop {
-                    let crd = api.get(&name).await?;
+                    let crd = api.get(&name).await.with_context(|| {
+                        format!("CRD {name} from {} is not installed", file.display())
+                    })?;
                     let established = crd
                         .status
                         .and_then(|s| s.conditions)
@@ -373,6 +425,36 @@ pub fn shared() -> Result<&'static ControlPlane> {
         })
         .as_ref()
         .map_err(|e| anyhow!("starting the shared control plane failed: {e}"))
+}
+
+/// Where the etcd data with the CRDs installed is cached, keyed by every version it depends on.
+fn crd_snapshot_dir(tools: &Tools) -> PathBuf {
+    let crds = tools
+        .crds
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    tools::cache_dir().join(format!(
+        // Bump the leading number when what start() writes into etcd changes.
+        "etcd-data-1-{}-{}-{crds}",
+        tools::version("KUBERNETES_VERSION"),
+        tools::version("ETCD_VERSION")
+    ))
+}
+
+/// Copies a folder tree (etcd's data: a few files, no links).
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else if entry.file_name() != ".complete" {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 fn start_etcd(tools: &Tools, port: u16, data: &Path, log_dir: &Path) -> Result<Process> {
