@@ -29,56 +29,14 @@ const WAIT: Duration = Duration::from_secs(90);
 /// The tutorial's input.json (iter8-tools/docs samples/kserve-serving/input.json).
 const INPUT: &str = r#"{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}]}"#;
 
-const STEP1: &str = "environment: kserve
-application: 
-  metadata:
-    labels:
-      app.kubernetes.io/name: wisdom
-  versions:
-  - metadata:
-      labels:
-        app.kubernetes.io/version: v0
-    modelFormat: sklearn
-    runtime: kserve-mlserver
-    storageUri: \"gs://seldon-models/sklearn/mms/lr_model\"
-  strategy: canary
-";
+/// Step 1 of the tutorial, verbatim (also a golden case of the release chart).
+const STEP1: &str = include_str!("../../../testdata/charts/tutorial-step1/values.yaml");
 
-const STEP2: &str = "environment: kserve
-application: 
-  metadata:
-    labels:
-      app.kubernetes.io/name: wisdom
-  versions:
-  - metadata:
-      labels:
-        app.kubernetes.io/version: v0
-    modelFormat: sklearn
-    runtime: kserve-mlserver
-    storageUri: \"gs://seldon-models/sklearn/mms/lr_model\"
-  - metadata:
-      labels:
-        app.kubernetes.io/version: v1
-    modelFormat: sklearn
-    runtime: kserve-mlserver
-    storageUri: \"gs://seldon-models/sklearn/mms/lr_model\"
-  strategy: canary
-";
+/// Step 2 of the tutorial, verbatim (also a golden case of the release chart).
+const STEP2: &str = include_str!("../../../testdata/charts/tutorial-step2/values.yaml");
 
-const STEP3: &str = "environment: kserve
-application: 
-  metadata:
-    labels:
-      app.kubernetes.io/name: wisdom
-  versions:
-  - metadata:
-      labels:
-        app.kubernetes.io/version: v1
-    modelFormat: sklearn
-    runtime: kserve-mlserver
-    storageUri: \"gs://seldon-models/sklearn/mms/lr_model\"
-  strategy: canary
-";
+/// Step 3 of the tutorial, verbatim (also a golden case of the release chart).
+const STEP3: &str = include_str!("../../../testdata/charts/tutorial-step3/values.yaml");
 
 fn setup() -> (&'static testenv::ControlPlane, &'static DataPlane) {
     let cp = testenv::shared().unwrap_or_else(|e| panic!("{e:#}"));

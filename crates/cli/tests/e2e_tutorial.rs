@@ -14,59 +14,14 @@ use kube::Client;
 use serde_json::Value;
 use testenv::ControlPlane;
 
-/// Step 1 of the tutorial, verbatim.
-pub const STEP1: &str = r#"environment: kserve
-application: 
-  metadata:
-    labels:
-      app.kubernetes.io/name: wisdom
-  versions:
-  - metadata:
-      labels:
-        app.kubernetes.io/version: v0
-    modelFormat: sklearn
-    runtime: kserve-mlserver
-    storageUri: "gs://seldon-models/sklearn/mms/lr_model"
-  strategy: canary
-"#;
+/// Step 1 of the tutorial, verbatim (also a golden case of the release chart).
+pub const STEP1: &str = include_str!("../../../testdata/charts/tutorial-step1/values.yaml");
 
-/// Step 2 of the tutorial, verbatim.
-pub const STEP2: &str = r#"environment: kserve
-application: 
-  metadata:
-    labels:
-      app.kubernetes.io/name: wisdom
-  versions:
-  - metadata:
-      labels:
-        app.kubernetes.io/version: v0
-    modelFormat: sklearn
-    runtime: kserve-mlserver
-    storageUri: "gs://seldon-models/sklearn/mms/lr_model"
-  - metadata:
-      labels:
-        app.kubernetes.io/version: v1
-    modelFormat: sklearn
-    runtime: kserve-mlserver
-    storageUri: "gs://seldon-models/sklearn/mms/lr_model"
-  strategy: canary
-"#;
+/// Step 2 of the tutorial, verbatim (also a golden case of the release chart).
+pub const STEP2: &str = include_str!("../../../testdata/charts/tutorial-step2/values.yaml");
 
-/// Step 3 of the tutorial, verbatim.
-pub const STEP3: &str = r#"environment: kserve
-application: 
-  metadata:
-    labels:
-      app.kubernetes.io/name: wisdom
-  versions:
-  - metadata:
-      labels:
-        app.kubernetes.io/version: v1
-    modelFormat: sklearn
-    runtime: kserve-mlserver
-    storageUri: "gs://seldon-models/sklearn/mms/lr_model"
-  strategy: canary
-"#;
+/// Step 3 of the tutorial, verbatim (also a golden case of the release chart).
+pub const STEP3: &str = include_str!("../../../testdata/charts/tutorial-step3/values.yaml");
 
 const ISVCS: &str = "inferenceservices.serving.kserve.io";
 
