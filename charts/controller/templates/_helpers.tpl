@@ -17,8 +17,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "controller.configFile" -}}{{ include "controller.configDir" . }}/config.yaml{{- end }}
 
 {{/*
-The resource types as {short: {Group, Version, Resource, conditions}}, with field names
-accepted in any case (group/version/resource) normalized, as JSON. Fails on an incomplete type.
+The resource types as {short: {Group, Version, Resource, conditions, checkGeneration}}, with
+field names accepted in any case (group/version/resource) normalized, as JSON. Fails on an
+incomplete type. `conditions` and `checkGeneration` are written only when set: without
+`checkGeneration` the binary's default for the group applies (off for serving.kserve.io,
+whose observedGeneration is a child's, on for every other group).
 */}}
 {{- define "controller.resourceTypes" -}}
 {{- $types := dict -}}
@@ -31,34 +34,62 @@ accepted in any case (group/version/resource) normalized, as JSON. Fails on an i
   {{- if not $resource }}{{ fail (printf "resourceTypes.%s.Resource is required" $short) }}{{ end -}}
   {{- $type := dict "Group" $group "Version" $version "Resource" $resource -}}
   {{- with $t.conditions }}{{ $_ := set $type "conditions" . }}{{ end -}}
+  {{- if not (kindIs "invalid" $t.checkGeneration) }}{{ $_ := set $type "checkGeneration" $t.checkGeneration }}{{ end -}}
   {{- $_ := set $types $short $type -}}
 {{- end -}}
 {{- toJson $types -}}
 {{- end }}
 
-{{/* The controller's configuration file (spec: resourceTypes, defaultResync, clusterScoped). */}}
+{{/*
+The plural resource names routing objects are written as (value routingResources, lower-cased
+as the binary does), as a JSON list. The same list goes into the config file and into the RBAC
+rules, so the controller is allowed to write exactly the kinds it will write. Unset (null): the
+binary's default; empty names are dropped.
+*/}}
+{{- define "controller.routingResources" -}}
+{{- $list := list -}}
+{{- $given := .Values.routingResources -}}
+{{- if kindIs "invalid" $given }}{{ $given = list "virtualservices" "httproutes" "serviceentries" }}{{ end -}}
+{{- /* `--set routingResources={}` gives [""]: empty names mean none */}}
+{{- range $given }}{{ if . }}{{ $list = append $list (lower .) }}{{ end }}{{ end -}}
+{{- toJson $list -}}
+{{- end }}
+
+{{/*
+The controller's configuration file: every key the binary reads (crates/core/src/config.rs)
+except `addFinalizer`, which it ignores. Top-level keys are always written, from values.yaml,
+whose defaults are the binary's; a null value falls back to that same default, except a null
+resourceTypes, which means no types (as the RBAC rules then grant none).
+*/}}
 {{- define "controller.config" -}}
 resourceTypes:
   {{- include "controller.resourceTypes" . | fromJson | toYaml | nindent 2 }}
 defaultResync: {{ .Values.defaultResync | default "15m" }}
 clusterScoped: {{ .Values.clusterScoped | default false }}
+routemapVersions:
+  {{- .Values.routemapVersions | default (list "v1.1") | toYaml | nindent 2 }}
+routingResources:
+  {{- include "controller.routingResources" . | fromJsonArray | toYaml | nindent 2 }}
 {{- end }}
 
 {{/*
-RBAC rules for the watched and routing resource types, least privilege:
-  - every configured type: get/list/watch, plus patch/update to remove the legacy
-    `iter8.tools/finalizer` from objects being deleted;
-  - routing types (values routingResources): also create/delete, to apply and clean up routing objects;
-  - configmaps get/list/watch (routemaps) even if `cm` is not a configured type;
-  - events (core and events.k8s.io) create/patch.
+RBAC rules, least privilege: only what the controller calls (crates/k8s).
+  - every configured type: list/watch (its watch), plus patch to remove the legacy
+    `iter8.tools/finalizer` from objects being deleted (a JSON merge patch);
+  - routing types (configured types whose resource is in routingResources): also
+    create/patch/delete, for server-side apply (which creates missing objects) and clean-up;
+  - configmaps get/list/watch (routemaps) even if `cm` is not a configured type; get: before
+    deleting a routemap's routing objects, ask whether its ConfigMap is really gone;
+  - events.k8s.io events create/patch (the only Event API used).
 */}}
 {{- define "controller.rules" -}}
 {{- $watched := dict -}}
 {{- $routing := dict -}}
+{{- $routingResources := include "controller.routingResources" . | fromJsonArray -}}
 {{- range $short, $t := include "controller.resourceTypes" . | fromJson -}}
   {{- $list := get $watched $t.Group | default list -}}
   {{- if not (has $t.Resource $list) }}{{ $_ := set $watched $t.Group (append $list $t.Resource) }}{{ end -}}
-  {{- if has $t.Resource $.Values.routingResources -}}
+  {{- if has $t.Resource $routingResources -}}
     {{- $list = get $routing $t.Group | default list -}}
     {{- if not (has $t.Resource $list) }}{{ $_ := set $routing $t.Group (append $list $t.Resource) }}{{ end -}}
   {{- end -}}
@@ -66,27 +97,17 @@ RBAC rules for the watched and routing resource types, least privilege:
 {{- range $group, $resources := $watched }}
 - apiGroups: {{ list $group | toJson }}
   resources: {{ sortAlpha $resources | toJson }}
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
 {{- range $group, $resources := $routing }}
 - apiGroups: {{ list $group | toJson }}
   resources: {{ sortAlpha $resources | toJson }}
-  verbs: ["create", "delete", "get", "list", "watch", "patch"]
+  verbs: ["create", "patch", "delete"]
 {{- end }}
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get", "list", "watch"]
-- apiGroups: [""]
-  resources: ["events"]
-  verbs: ["create", "patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
-{{- end }}
-
-{{/* Read CRDs, to notice a resource type's CRD being installed after start. */}}
-{{- define "controller.crdRule" -}}
-- apiGroups: ["apiextensions.k8s.io"]
-  resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
 {{- end }}

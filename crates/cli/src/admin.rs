@@ -36,19 +36,35 @@ pub async fn serve(address: &str, controller: Arc<Controller>) -> Result<JoinHan
     }))
 }
 
+/// 200 once every store is complete; the body names the watches that are not (and, for
+/// information, the types that cannot be watched yet).
+fn readyz(controller: &Controller) -> (StatusCode, String) {
+    let mut body = String::new();
+    let unsynced = controller.unsynced();
+    let status = if controller.synced() {
+        body.push_str("ok\n");
+        StatusCode::OK
+    } else {
+        body.push_str("not synced:\n");
+        for w in &unsynced {
+            body.push_str(&format!("  {w}\n"));
+        }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let unavailable = controller.unavailable();
+    if !unavailable.is_empty() {
+        body.push_str("not watched (type not served or forbidden; retried):\n");
+        for w in &unavailable {
+            body.push_str(&format!("  {w}\n"));
+        }
+    }
+    (status, body)
+}
+
 fn handle<B>(req: &Request<B>, controller: &Controller) -> Response<Full<Bytes>> {
     let (status, body) = match req.uri().path() {
         "/livez" | "/healthz" => (StatusCode::OK, "ok".to_string()),
-        "/readyz" => {
-            if controller.synced() {
-                (StatusCode::OK, "ok".to_string())
-            } else {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "stores not synced".to_string(),
-                )
-            }
-        }
+        "/readyz" => readyz(controller),
         "/metrics" => (
             StatusCode::OK,
             iter8_k8s::metrics::encode_text(controller.metrics(), controller),

@@ -141,7 +141,30 @@ async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
+/// Refuses lease flags the election cannot work with: the Lease stores whole seconds (as a
+/// 32-bit number), and a leader that renews less often than the lease lasts loses it.
+fn check_lease_flags(duration: Duration, renew_every: Duration) -> Result<()> {
+    // Whole seconds as `15s` (Debug would say `0ns` for zero), else Debug's `1.5s`, `500ms`.
+    let show = |d: Duration| match d.subsec_nanos() {
+        0 => format!("{}s", d.as_secs()),
+        _ => format!("{d:?}"),
+    };
+    let flags = format!(
+        "--lease-duration {}, --lease-renew-every {}",
+        show(duration),
+        show(renew_every)
+    );
+    if duration < Duration::from_secs(1) || duration.as_secs() > i32::MAX as u64 {
+        anyhow::bail!("invalid lease flags ({flags}): --lease-duration must be at least 1s (the Lease stores whole seconds) and at most {}s", i32::MAX);
+    }
+    if renew_every.is_zero() || renew_every >= duration {
+        anyhow::bail!("invalid lease flags ({flags}): --lease-renew-every must be greater than zero and shorter than --lease-duration");
+    }
+    Ok(())
+}
+
 async fn run_controller(args: ControllerArgs) -> Result<()> {
+    check_lease_flags(args.lease_duration, args.lease_renew_every)?;
     let config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)

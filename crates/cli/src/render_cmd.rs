@@ -2,11 +2,11 @@
 //! the weights and the routing objects the controller would apply. No cluster needed.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use iter8_core::availability::{weigh, Observed};
-use iter8_core::config::Config;
+use iter8_core::config::{Config, ResourceType};
 use iter8_core::render::{check_target, render, RoutemapMeta};
 use iter8_core::routemap;
 use serde_json::Value;
@@ -17,7 +17,8 @@ pub struct RenderArgs {
     #[arg(long)]
     routemap: PathBuf,
     /// Files with the version objects (InferenceServices, Deployments, ...), with their
-    /// status; several YAML documents per file are fine. Missing objects count as not ready.
+    /// status; several YAML documents per file are fine. Missing objects count as not ready;
+    /// an object of no configured resource type is an error.
     #[arg(long = "objects", short = 'f')]
     objects: Vec<PathBuf>,
     /// Controller config file (defaults to the built-in resource types).
@@ -25,13 +26,15 @@ pub struct RenderArgs {
     config: Option<PathBuf>,
 }
 
-fn documents(path: &PathBuf) -> Result<Vec<Value>> {
+/// The objects of a YAML file: every non-empty document, with the items of `kind: List`
+/// documents spliced in. Every error names the file.
+fn documents(path: &Path) -> Result<Vec<Value>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
         let v: Value = serde::Deserialize::deserialize(doc)
-            .with_context(|| format!("{} is not valid YAML", path.display()))?;
+            .with_context(|| format!("{}: document {} is not valid YAML", path.display(), i + 1))?;
         match v {
             Value::Null => {}
             Value::Object(ref o) if o.get("kind").and_then(Value::as_str) == Some("List") => docs
@@ -45,6 +48,95 @@ fn documents(path: &PathBuf) -> Result<Vec<Value>> {
         }
     }
     Ok(docs)
+}
+
+/// Plural resource names of well-known kinds, as `(group, kind, plural)`. Offline there is
+/// no discovery to ask; kinds not listed get [`guess_plural`].
+const KNOWN_KINDS: &[(&str, &str, &str)] = &[
+    ("", "ConfigMap", "configmaps"),
+    ("", "Endpoints", "endpoints"),
+    ("", "Pod", "pods"),
+    ("", "Secret", "secrets"),
+    ("", "Service", "services"),
+    ("apps", "DaemonSet", "daemonsets"),
+    ("apps", "Deployment", "deployments"),
+    ("apps", "ReplicaSet", "replicasets"),
+    ("apps", "StatefulSet", "statefulsets"),
+    ("gateway.networking.k8s.io", "Gateway", "gateways"),
+    ("gateway.networking.k8s.io", "GRPCRoute", "grpcroutes"),
+    ("gateway.networking.k8s.io", "HTTPRoute", "httproutes"),
+    ("gateway.networking.k8s.io", "TCPRoute", "tcproutes"),
+    ("gateway.networking.k8s.io", "TLSRoute", "tlsroutes"),
+    ("gateway.networking.k8s.io", "UDPRoute", "udproutes"),
+    ("networking.istio.io", "DestinationRule", "destinationrules"),
+    ("networking.istio.io", "Gateway", "gateways"),
+    ("networking.istio.io", "ServiceEntry", "serviceentries"),
+    ("networking.istio.io", "Sidecar", "sidecars"),
+    ("networking.istio.io", "VirtualService", "virtualservices"),
+    ("networking.istio.io", "WorkloadEntry", "workloadentries"),
+    ("networking.k8s.io", "Ingress", "ingresses"),
+    ("serving.knative.dev", "Configuration", "configurations"),
+    ("serving.knative.dev", "Revision", "revisions"),
+    ("serving.knative.dev", "Route", "routes"),
+    ("serving.knative.dev", "Service", "services"),
+    (
+        "serving.kserve.io",
+        "ClusterServingRuntime",
+        "clusterservingruntimes",
+    ),
+    ("serving.kserve.io", "InferenceGraph", "inferencegraphs"),
+    ("serving.kserve.io", "InferenceService", "inferenceservices"),
+    ("serving.kserve.io", "ServingRuntime", "servingruntimes"),
+];
+
+/// The plural Kubernetes gives a CRD kind by default: lower case, then `y` -> `ies`,
+/// `s`/`x`/`ch`/`sh` -> `+es`, else `+s`.
+fn guess_plural(kind: &str) -> String {
+    let singular = kind.to_lowercase();
+    if let Some(stem) = singular.strip_suffix('y') {
+        format!("{stem}ies")
+    } else if ["s", "x", "ch", "sh"].iter().any(|e| singular.ends_with(e)) {
+        format!("{singular}es")
+    } else {
+        format!("{singular}s")
+    }
+}
+
+/// The plural resource name of `kind` in `group`: from [`KNOWN_KINDS`], else guessed.
+/// `None` when the guess is a listed kind's plural: the API would reject the kind.
+fn plural_of(group: &str, kind: &str) -> Option<String> {
+    if let Some((_, _, plural)) = KNOWN_KINDS
+        .iter()
+        .find(|(g, k, _)| *g == group && *k == kind)
+    {
+        return Some(plural.to_string());
+    }
+    let guess = guess_plural(kind);
+    let taken = KNOWN_KINDS
+        .iter()
+        .any(|(g, _, p)| *g == group && *p == guess);
+    (!taken).then_some(guess)
+}
+
+/// Whether objects of `kind` in `group` are of resource type `rt`.
+fn is_of_type(group: &str, kind: &str, rt: &ResourceType) -> bool {
+    rt.group == group
+        && plural_of(group, kind).is_some_and(|p| p.eq_ignore_ascii_case(&rt.resource))
+}
+
+/// The kind a rendered object of type `rt` must have, for [`check_target`]: the object's own
+/// kind when it is of that type, else the listed kind of the type, else a description.
+fn expected_kind(rt: &ResourceType, found: &str) -> String {
+    if !found.is_empty() && is_of_type(&rt.group, found, rt) {
+        return found.to_string();
+    }
+    KNOWN_KINDS
+        .iter()
+        .find(|(g, _, p)| *g == rt.group && p.eq_ignore_ascii_case(&rt.resource))
+        .map_or_else(
+            || format!("the kind of {}", rt.resource),
+            |(_, k, _)| k.to_string(),
+        )
 }
 
 fn str_map(v: &Value) -> std::collections::BTreeMap<String, String> {
@@ -69,18 +161,90 @@ pub fn run(args: RenderArgs) -> Result<()> {
     result
 }
 
+/// Reads the controller config file, or takes the built-in one.
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    let Some(path) = path else {
+        return Ok(Config::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Config::from_yaml(&text)
+        .with_context(|| format!("{}: invalid controller config", path.display()))
+}
+
+/// The objects of `paths`, keyed by (gvrShort, namespace, name) under every configured type
+/// they are of. Objects default to namespace `namespace`.
+fn load_objects(
+    paths: &[PathBuf],
+    config: &Config,
+    namespace: &str,
+) -> Result<HashMap<(String, String, String), Observed>> {
+    let mut objects = HashMap::new();
+    for path in paths {
+        for (i, obj) in documents(path)?.into_iter().enumerate() {
+            let at = || format!("{}: object {}", path.display(), i + 1);
+            let kind = match obj["kind"].as_str() {
+                Some(k) if !k.is_empty() => k,
+                _ => bail!("{} has no kind", at()),
+            };
+            let name = match obj["metadata"]["name"].as_str() {
+                Some(n) if !n.is_empty() => n,
+                _ => bail!("{} ({kind}) has no metadata.name", at()),
+            };
+            let ns = obj["metadata"]["namespace"].as_str().unwrap_or(namespace);
+            let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+            let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+            let shorts: Vec<&String> = config
+                .resource_types
+                .iter()
+                .filter(|(_, rt)| is_of_type(group, kind, rt))
+                .map(|(short, _)| short)
+                .collect();
+            if shorts.is_empty() {
+                let configured: Vec<&str> =
+                    config.resource_types.keys().map(String::as_str).collect();
+                let resource = plural_of(group, kind).unwrap_or_default();
+                bail!(
+                    "{}: {kind} {ns}/{name} (apiVersion {api_version:?}, resource \
+                     {resource:?}) matches no configured resource type (configured: {})",
+                    path.display(),
+                    configured.join(", ")
+                );
+            }
+            let observed = Observed {
+                generation: obj["metadata"]["generation"].as_i64(),
+                deleting: !obj["metadata"]["deletionTimestamp"].is_null(),
+                annotations: str_map(&obj["metadata"]["annotations"]),
+                spec: obj.get("spec").cloned(),
+                status: obj.get("status").cloned(),
+            };
+            for short in shorts {
+                objects.insert(
+                    (short.clone(), ns.to_string(), name.to_string()),
+                    observed.clone(),
+                );
+            }
+        }
+    }
+    Ok(objects)
+}
+
 fn render_to(args: &RenderArgs, out: &mut String) -> Result<()> {
     use std::fmt::Write as _;
-    let config = match &args.config {
-        Some(p) => Config::from_yaml(&std::fs::read_to_string(p)?)?,
-        None => Config::default(),
-    };
+    let config = load_config(args.config.as_deref())?;
     let cms = documents(&args.routemap)?;
-    let [cm] = cms.as_slice() else {
-        bail!(
-            "{} must hold exactly one routemap ConfigMap",
-            args.routemap.display()
-        );
+    let cm = match cms.as_slice() {
+        [cm] if cm["kind"] == "ConfigMap" => cm,
+        [other] => bail!(
+            "{} must hold exactly one routemap ConfigMap, found kind {}",
+            args.routemap.display(),
+            other["kind"]
+        ),
+        _ => bail!(
+            "{} must hold exactly one routemap ConfigMap, found {} objects",
+            args.routemap.display(),
+            cms.len()
+        ),
     };
     let meta = &cm["metadata"];
     let namespace = meta["namespace"].as_str().unwrap_or("default").to_string();
@@ -94,42 +258,13 @@ fn render_to(args: &RenderArgs, out: &mut String) -> Result<()> {
     let spec = cm["data"]["strSpec"]
         .as_str()
         .with_context(|| format!("{} has no data.strSpec", args.routemap.display()))?;
-    let rm = routemap::parse(spec, &namespace, &config)?;
+    let rm = routemap::parse(spec, &namespace, &config)
+        .with_context(|| format!("{}: invalid routemap", args.routemap.display()))?;
     for w in rm.warnings(&config) {
         eprintln!("warning: {w}");
     }
 
-    // Objects by (apiVersion's group, plural-less kind match): resolve each reference by
-    // comparing the object's group and name with the resource type's group.
-    let mut objects: HashMap<(String, String, String), Observed> = HashMap::new();
-    for path in &args.objects {
-        for obj in documents(path)? {
-            let api_version = obj["apiVersion"].as_str().unwrap_or_default();
-            let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-            let ns = obj["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or(&namespace)
-                .to_string();
-            let name = obj["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let kind = obj["kind"].as_str().unwrap_or_default().to_lowercase();
-            let observed = Observed {
-                generation: obj["metadata"]["generation"].as_i64(),
-                deleting: !obj["metadata"]["deletionTimestamp"].is_null(),
-                annotations: str_map(&obj["metadata"]["annotations"]),
-                spec: obj.get("spec").cloned(),
-                status: obj.get("status").cloned(),
-            };
-            for (short, rt) in &config.resource_types {
-                // A kind names its resource type when the plural starts with the lower-case kind.
-                if rt.group == group && rt.resource.to_lowercase().starts_with(&kind) {
-                    objects.insert((short.clone(), ns.clone(), name.clone()), observed.clone());
-                }
-            }
-        }
-    }
+    let objects = load_objects(&args.objects, &config, &namespace)?;
     let lookup = |s: &str, ns: &str, n: &str| {
         objects
             .get(&(s.to_string(), ns.to_string(), n.to_string()))
@@ -167,16 +302,7 @@ fn render_to(args: &RenderArgs, out: &mut String) -> Result<()> {
         };
         let checked = match config.resource_types.get(&r.gvr_short) {
             Some(rt) => {
-                // Offline there is no discovery: accept the object's kind when the type's
-                // plural names it (virtualservices <- VirtualService), as the API would.
-                let kind = obj["kind"].as_str().unwrap_or_default().to_string();
-                let expected = if rt.resource.to_lowercase().starts_with(&kind.to_lowercase())
-                    && !kind.is_empty()
-                {
-                    kind
-                } else {
-                    format!("the kind of {}", rt.resource)
-                };
+                let expected = expected_kind(rt, obj["kind"].as_str().unwrap_or_default());
                 check_target(obj, &rt.api_version(), &expected, &namespace)
                     .map_err(|e| e.to_string())
             }

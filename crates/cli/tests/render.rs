@@ -85,3 +85,248 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Writes `text` to `name` in a fresh directory and returns the file's path.
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// A routemap ConfigMap in namespace default with the given `strSpec`.
+fn routemap_with(str_spec: &str) -> String {
+    let indented: String = str_spec.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: wisdom-routemap\n  \
+         namespace: default\ndata:\n  strSpec: |\n{indented}"
+    )
+}
+
+/// Kind `ServiceEntry` has plural `serviceentries`, which does not start with the kind: the
+/// kind is matched through the table of well-known kinds, for a version's resource and for
+/// a routing template's target.
+#[test]
+fn a_service_entry_renders_and_counts_as_a_resource() {
+    let dir = tempfile_dir();
+    let routemap = write(
+        &dir,
+        "routemap.yaml",
+        &routemap_with(
+            "versions:
+- resources:
+  - {gvrShort: isvc, name: wisdom-0}
+  - {gvrShort: se, name: wisdom-0-external}
+  weight: 70
+- resources:
+  - {gvrShort: isvc, name: wisdom-1}
+routingTemplates:
+  entry:
+    gvrShort: se
+    template: |
+      apiVersion: networking.istio.io/v1beta1
+      kind: ServiceEntry
+      metadata:
+        name: wisdom
+      spec:
+        hosts: [wisdom.example.com]
+        ports: [{number: 80, name: http, protocol: HTTP}]
+        resolution: DNS
+        endpoints:
+        - address: wisdom-0.default.svc.cluster.local
+          weight: {{ index .Weights 0 }}
+",
+        ),
+    );
+    let se = write(
+        &dir,
+        "se.yaml",
+        "apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: wisdom-0-external, namespace: default}
+spec: {hosts: [wisdom-0.example.com]}
+",
+    );
+    let (ok, out, err) = render(&["--routemap", &routemap, "-f", OBJECTS, "-f", &se]);
+    assert!(ok, "{err}");
+    assert!(out.contains("# weights: [70, 0]"), "{out}");
+    assert!(out.contains("# version 0: available"), "{out}");
+    assert!(out.contains("# template entry (se)"), "{out}");
+    let entry: serde_json::Value =
+        serde_yaml::from_str(out.split("---\n").nth(1).unwrap()).unwrap();
+    assert_eq!(entry["kind"], "ServiceEntry");
+    assert_eq!(entry["metadata"]["namespace"], "default");
+    assert_eq!(entry["spec"]["endpoints"][0]["weight"], 70);
+}
+
+/// Kinds not in the table get the plural Kubernetes gives CRDs by default.
+#[test]
+fn unlisted_kinds_get_the_default_crd_plural() {
+    let dir = tempfile_dir();
+    let config = write(
+        &dir,
+        "config.yaml",
+        "resourceTypes:
+  policy: {group: example.com, version: v1, resource: trafficpolicies}
+  box: {group: example.com, version: v1, resource: mailboxes}
+  patch: {group: example.com, version: v1, resource: patches}
+  bus: {group: example.com, version: v1, resource: buses}
+  model: {group: example.com, version: v1, resource: models}
+",
+    );
+    let routemap = write(
+        &dir,
+        "routemap.yaml",
+        &routemap_with(
+            "versions:
+- resources:
+  - {gvrShort: box, name: a}
+  - {gvrShort: patch, name: a}
+  - {gvrShort: bus, name: a}
+  - {gvrShort: model, name: a}
+routingTemplates:
+  policy:
+    gvrShort: policy
+    template: |
+      apiVersion: example.com/v1
+      kind: TrafficPolicy
+      metadata: {name: wisdom}
+      spec: {weight: {{ index .Weights 0 }}}
+",
+        ),
+    );
+    let objects = write(
+        &dir,
+        "objects.yaml",
+        "apiVersion: example.com/v1\nkind: Mailbox\nmetadata: {name: a}\n---\n\
+         apiVersion: example.com/v1\nkind: Patch\nmetadata: {name: a}\n---\n\
+         apiVersion: example.com/v1\nkind: Bus\nmetadata: {name: a}\n---\n\
+         apiVersion: example.com/v1\nkind: Model\nmetadata: {name: a}\n",
+    );
+    let (ok, out, err) = render(&["--config", &config, "--routemap", &routemap, "-f", &objects]);
+    assert!(ok, "{err}");
+    assert!(out.contains("# version 0: available"), "{out}");
+    assert!(out.contains("kind: TrafficPolicy"), "{out}");
+}
+
+/// Every error about an input file names the file.
+#[test]
+fn file_errors_name_the_file() {
+    let dir = tempfile_dir();
+    let missing = dir.join("missing.yaml").to_str().unwrap().to_string();
+    let bad_yaml = write(
+        &dir,
+        "bad-yaml.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\nkind: [\n",
+    );
+    let two_cms = write(
+        &dir,
+        "two.yaml",
+        &format!(
+            "{}---\n{}",
+            routemap_with("versions: [{resources: []}]"),
+            routemap_with("versions: [{resources: []}]")
+        ),
+    );
+    let not_a_cm = write(
+        &dir,
+        "deploy.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a}\ndata: {strSpec: \"versions: [{resources: []}]\"}\n",
+    );
+    let bad_routemap = write(&dir, "bad-routemap.yaml", &routemap_with("versions: []"));
+    let bad_config = write(&dir, "bad-config.yaml", "defaultResync: soon\n");
+    let no_kind = write(
+        &dir,
+        "no-kind.yaml",
+        "apiVersion: v1\nmetadata: {name: a}\n",
+    );
+    let no_name = write(
+        &dir,
+        "no-name.yaml",
+        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {namespace: default}\n",
+    );
+    let pod = write(
+        &dir,
+        "pod.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: wisdom-0-abc, namespace: default}\n",
+    );
+    let cases: Vec<(&str, Vec<&str>, &str, &str)> = vec![
+        (
+            "missing routemap",
+            vec!["--routemap", &missing, "-f", OBJECTS],
+            &missing,
+            "reading",
+        ),
+        (
+            "missing objects",
+            vec!["--routemap", ROUTEMAP, "-f", &missing],
+            &missing,
+            "reading",
+        ),
+        (
+            "missing config",
+            vec!["--config", &missing, "--routemap", ROUTEMAP],
+            &missing,
+            "reading",
+        ),
+        (
+            "config that does not parse",
+            vec!["--config", &bad_config, "--routemap", ROUTEMAP],
+            &bad_config,
+            "defaultResync",
+        ),
+        (
+            "YAML error in the second document of an objects file",
+            vec!["--routemap", ROUTEMAP, "-f", &bad_yaml],
+            &bad_yaml,
+            "document 2 is not valid YAML",
+        ),
+        (
+            "YAML error in a routemap file",
+            vec!["--routemap", &bad_yaml, "-f", OBJECTS],
+            &bad_yaml,
+            "document 2 is not valid YAML",
+        ),
+        (
+            "two ConfigMaps in a routemap file",
+            vec!["--routemap", &two_cms, "-f", OBJECTS],
+            &two_cms,
+            "must hold exactly one routemap ConfigMap",
+        ),
+        (
+            "a Deployment in a routemap file",
+            vec!["--routemap", &not_a_cm, "-f", OBJECTS],
+            &not_a_cm,
+            "must hold exactly one routemap ConfigMap",
+        ),
+        (
+            "a routemap that does not parse",
+            vec!["--routemap", &bad_routemap, "-f", OBJECTS],
+            &bad_routemap,
+            "invalid routemap",
+        ),
+        (
+            "object without kind",
+            vec!["--routemap", ROUTEMAP, "-f", OBJECTS, "-f", &no_kind],
+            &no_kind,
+            "has no kind",
+        ),
+        (
+            "object without metadata.name",
+            vec!["--routemap", ROUTEMAP, "-f", &no_name],
+            &no_name,
+            "has no metadata.name",
+        ),
+        (
+            "object of no configured type",
+            vec!["--routemap", ROUTEMAP, "-f", OBJECTS, "-f", &pod],
+            &pod,
+            "Pod default/wisdom-0-abc",
+        ),
+    ];
+    for (what, args, path, detail) in cases {
+        let (ok, out, err) = render(&args);
+        assert!(!ok, "{what}: must fail; stdout: {out}");
+        assert!(err.contains(path), "{what}: {err}");
+        assert!(err.contains(detail), "{what}: {err}");
+    }
+}

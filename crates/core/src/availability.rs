@@ -50,13 +50,15 @@ pub struct Weighing {
 ///
 /// A version is available iff every one of its resources has a known `gvrShort`, is
 /// returned by `lookup(gvr_short, namespace, name)`, is not being deleted, and satisfies
-/// every condition of its type (see [`ResourceType::conditions`] and
-/// [`ResourceType::check_generation`]). A version without resources is available.
+/// every condition of its type: each `status.conditions` entry of that type is `True` (and
+/// fresh, see [`ResourceType::check_generation`]), and there is at least one. A version
+/// without resources is available.
 ///
 /// `weights[i]` is 0 for an unavailable version; else the `iter8.tools/weight` annotation of
-/// its first resource when present and a valid u32 (an invalid one is reported in
-/// `problems` and ignored), else the version's declared weight, else 1. When every weight is
-/// 0, `weights[0]` becomes 1 so that traffic always has somewhere to go.
+/// its first resource when present and a plain u32 (digits only, as Go's
+/// `strconv.ParseUint`: anything else, spaces included, is reported in `problems` and
+/// ignored), else the version's declared weight, else 1. When every weight is 0,
+/// `weights[0]` becomes 1 so that traffic always has somewhere to go.
 ///
 /// `signatures[i]` is [`signature`] of the version's resource specs, or empty when one of
 /// its resources cannot be looked up.
@@ -141,14 +143,13 @@ pub fn weigh(
     out
 }
 
-/// Like Go's `strconv.ParseUint(s, 10, 32)`: decimal digits only (surrounding whitespace
-/// tolerated), no sign.
+/// Like Go's `strconv.ParseUint(s, 10, 32)`, which the original uses: decimal digits only,
+/// no sign and no whitespace (`" 20"` is rejected, not trimmed).
 fn parse_weight(text: &str) -> Option<u32> {
-    let t = text.trim();
-    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    t.parse().ok()
+    text.parse().ok()
 }
 
 /// One entry of `status.conditions`, checked for shape.
@@ -158,8 +159,10 @@ struct Condition<'a> {
     observed_generation: Option<i64>,
 }
 
-/// Whether `obj` satisfies every condition of its type. `Err` names what is malformed
-/// (and the object is then not ready).
+/// Whether `obj` satisfies every condition of its type: every entry of each configured
+/// type is `True` and fresh (as the original, which fails at the first entry that is not),
+/// and at least one entry exists. `Err` names what is malformed (and the object is then not
+/// ready).
 fn conditions_satisfied(rtype: &ResourceType, obj: &Observed) -> Result<bool, String> {
     if rtype.conditions.is_empty() {
         return Ok(true);
@@ -202,9 +205,12 @@ fn conditions_satisfied(rtype: &ResourceType, obj: &Observed) -> Result<bool, St
         }
     };
     Ok(rtype.conditions.iter().all(|wanted| {
-        conditions.iter().any(|c| {
-            c.kind.eq_ignore_ascii_case(wanted) && c.status.eq_ignore_ascii_case("true") && fresh(c)
-        })
+        let mut of_type = conditions
+            .iter()
+            .filter(|c| c.kind.eq_ignore_ascii_case(wanted))
+            .peekable();
+        of_type.peek().is_some()
+            && of_type.all(|c| c.status.eq_ignore_ascii_case("true") && fresh(c))
     }))
 }
 
@@ -436,14 +442,60 @@ unavailableReplicas: 1
                 )),
                 true,
             ),
+            // The original fails at the first entry of a wanted type that is not True.
             (
-                "one True entry among duplicates is enough",
+                "duplicated type: False then True",
                 "isvc",
                 Some(with_status(
                     1,
                     json!({"conditions": [
                     {"type": "Ready", "status": "False"},
                     {"type": "Ready", "status": "True"}]}),
+                )),
+                false,
+            ),
+            (
+                "duplicated type: True then Unknown",
+                "isvc",
+                Some(with_status(
+                    1,
+                    json!({"conditions": [
+                    {"type": "Ready", "status": "True"},
+                    {"type": "ready", "status": "Unknown"}]}),
+                )),
+                false,
+            ),
+            (
+                "duplicated type: all True",
+                "isvc",
+                Some(with_status(
+                    1,
+                    json!({"conditions": [
+                    {"type": "Ready", "status": "True"},
+                    {"type": "Ready", "status": "true"}]}),
+                )),
+                true,
+            ),
+            (
+                "duplicated type: all True, one observed at an older generation",
+                "deploy",
+                Some(with_status(
+                    2,
+                    json!({"conditions": [
+                    {"type": "Available", "status": "True", "observedGeneration": 2},
+                    {"type": "Available", "status": "True", "observedGeneration": 1}]}),
+                )),
+                false,
+            ),
+            (
+                "duplicated type: other types' entries do not count",
+                "deploy",
+                Some(with_status(
+                    2,
+                    json!({"observedGeneration": 2, "conditions": [
+                    {"type": "Available", "status": "True"},
+                    {"type": "Progressing", "status": "False"},
+                    {"type": "Available", "status": "True"}]}),
                 )),
                 true,
             ),
@@ -605,7 +657,24 @@ unavailableReplicas: 1
     #[test]
     fn weights() {
         let config = Config::default();
-        let cases = [
+        // (what, primary ready, candidate ready, candidate's annotation, weights, available,
+        // problems)
+        type Case = (
+            &'static str,
+            bool,
+            bool,
+            Option<&'static str>,
+            Vec<u32>,
+            Vec<bool>,
+            Vec<String>,
+        );
+        let bad = |value: &str| {
+            vec![format!(
+                "deploy default/b: annotation iter8.tools/weight {value:?} is not a non-negative \
+                 32-bit integer; using the version's weight"
+            )]
+        };
+        let cases: Vec<Case> = vec![
             (
                 "both ready: declared, default 1",
                 true,
@@ -613,6 +682,7 @@ unavailableReplicas: 1
                 None,
                 vec![30, 1],
                 vec![true, true],
+                vec![],
             ),
             (
                 "annotation overrides",
@@ -621,6 +691,7 @@ unavailableReplicas: 1
                 Some("70"),
                 vec![30, 70],
                 vec![true, true],
+                vec![],
             ),
             (
                 "annotation zero",
@@ -629,14 +700,35 @@ unavailableReplicas: 1
                 Some("0"),
                 vec![30, 0],
                 vec![true, true],
+                vec![],
             ),
+            // Go's strconv.ParseUint takes no spaces: the original ignores such a value.
             (
                 "annotation with spaces",
                 true,
                 true,
                 Some(" 5 "),
-                vec![30, 5],
+                vec![30, 1],
                 vec![true, true],
+                bad(" 5 "),
+            ),
+            (
+                "annotation with a leading space",
+                true,
+                true,
+                Some(" 20"),
+                vec![30, 1],
+                vec![true, true],
+                bad(" 20"),
+            ),
+            (
+                "annotation with a trailing space",
+                true,
+                true,
+                Some("20 "),
+                vec![30, 1],
+                vec![true, true],
+                bad("20 "),
             ),
             (
                 "candidate not ready",
@@ -645,6 +737,7 @@ unavailableReplicas: 1
                 Some("70"),
                 vec![30, 0],
                 vec![true, false],
+                vec![],
             ),
             (
                 "primary not ready",
@@ -653,6 +746,7 @@ unavailableReplicas: 1
                 None,
                 vec![0, 1],
                 vec![false, true],
+                vec![],
             ),
             (
                 "none ready: primary gets 1",
@@ -661,6 +755,7 @@ unavailableReplicas: 1
                 None,
                 vec![1, 0],
                 vec![false, false],
+                vec![],
             ),
             (
                 "all zero by annotation",
@@ -669,13 +764,14 @@ unavailableReplicas: 1
                 Some("0"),
                 vec![1, 0],
                 vec![false, true],
+                vec![],
             ),
         ];
-        for (what, a, b, ann, weights, available) in cases {
+        for (what, a, b, ann, weights, available, problems) in cases {
             let w = run(TWO, &config, &two_store(a, b, ann));
             assert_eq!(w.weights, weights, "{what}");
             assert_eq!(w.available, available, "{what}");
-            assert!(w.problems.is_empty(), "{what}");
+            assert_eq!(w.problems, problems, "{what}");
         }
     }
 
@@ -691,7 +787,17 @@ unavailableReplicas: 1
 
     #[test]
     fn bad_weight_annotation_falls_back() {
-        for bad in ["-1", "+5", "abc", "4294967296", ""] {
+        for bad in [
+            "-1",
+            "+5",
+            "abc",
+            "4294967296",
+            "",
+            " ",
+            "\t7",
+            "7\n",
+            "1_000",
+        ] {
             let w = run(TWO, &Config::default(), &two_store(true, true, Some(bad)));
             assert_eq!(w.weights, [30, 1], "{bad:?}");
             assert_eq!(

@@ -19,6 +19,10 @@ pub const KSERVE_GROUP: &str = "serving.kserve.io";
 /// Default `defaultResync`: how often everything is reconciled even without changes.
 pub const DEFAULT_RESYNC: Duration = Duration::from_secs(15 * 60);
 
+/// Default `routingResources`: the kinds Iter8's routing templates write.
+pub const DEFAULT_ROUTING_RESOURCES: [&str; 3] =
+    ["virtualservices", "httproutes", "serviceentries"];
+
 /// Default accepted value of the routemap label `iter8.tools/version`.
 pub const DEFAULT_ROUTEMAP_VERSION: &str = "v1.1";
 
@@ -128,6 +132,10 @@ pub struct Config {
     /// Add finalizer `iter8.tools/finalizer` to watched objects, as the original did.
     /// Off by default: the finalizer makes `helm delete` hang while the controller is down.
     pub add_finalizer: bool,
+    /// Plural resource names that routing templates write (YAML key `routingResources`, as
+    /// the controller chart's value of the same name). The controller watches the configured
+    /// types with these resources for drift from the start, and writes no other kind.
+    pub routing_resources: Vec<String>,
 }
 
 impl Default for Config {
@@ -139,6 +147,10 @@ impl Default for Config {
             cluster_scoped: false,
             routemap_versions: vec![DEFAULT_ROUTEMAP_VERSION.to_string()],
             add_finalizer: false,
+            routing_resources: DEFAULT_ROUTING_RESOURCES
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
         }
     }
 }
@@ -178,6 +190,16 @@ pub fn default_resource_types() -> BTreeMap<String, ResourceType> {
 }
 
 impl Config {
+    /// The configured types routing templates may write, by short name: those whose
+    /// resource is listed in [`Config::routing_resources`].
+    pub fn routing_types(&self) -> impl Iterator<Item = (&String, &ResourceType)> {
+        self.resource_types.iter().filter(|(_, rt)| {
+            self.routing_resources
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(&rt.resource))
+        })
+    }
+
     /// Parses a config file's text. Missing keys take their defaults; a present
     /// `resourceTypes` replaces the default table; unknown keys are ignored.
     /// An empty document gives [`Config::default`].
@@ -224,6 +246,12 @@ impl Config {
                 return Err(ConfigError::field("routemapVersions", "must not be empty"));
             }
             config.routemap_versions = list;
+        }
+        if let Some(v) = get_ci(top, "routingResources") {
+            config.routing_resources = string_list(v, "routingResources")?
+                .into_iter()
+                .map(|r| r.to_lowercase())
+                .collect();
         }
         Ok(config)
     }

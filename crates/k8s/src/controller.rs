@@ -1,32 +1,31 @@
-//! Wiring: one watch per watched type, one for routemaps, one per routing type; the stores and
-//! index they feed; and the reconcile loop, which reads only the stores and writes only
-//! through the [`Writer`].
+//! Wiring, one way through: watches feed the stores ([`crate::state`]) and queue the routemaps
+//! whose inputs changed; a small pool of workers takes one routemap at a time and runs its
+//! steps: load from the stores → plan ([`crate::plan`]: weigh, render, check) → apply the plan
+//! through the [`Applier`], which alone writes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
-use iter8_core::availability::{weigh, Observed};
 use iter8_core::config::Config;
-use iter8_core::render::{check_target, render, RoutemapMeta};
-use iter8_core::routemap;
+use iter8_core::render::RoutemapMeta;
+use iter8_core::routemap::{self, RoutemapError, STR_SPEC_KEY};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject};
-use kube::core::GroupVersion;
-use kube::runtime::events::EventType;
-use kube::runtime::watcher::{self, watcher, Event as WatchEvent};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
-use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
+use crate::applier::{Applied, Applier, ROUTING_LABEL};
+use crate::error::Error;
 use crate::keys::{Gvr, ObjectKey, RoutemapKey};
+use crate::lease::Leadership;
 use crate::metrics::Metrics;
+use crate::plan::{self, template_subject, Inputs, Note, Plan, Report};
 use crate::queue::WorkQueue;
-use crate::state::{contains, RoutemapRecord, State, LEGACY_FINALIZER};
-use crate::writer::{Leadership, WriteError, Writer};
+use crate::state::{Hold, RoutemapRecord, RoutingObject, State, LEGACY_FINALIZER};
+use crate::sync::{SyncTracker, WatchId};
+use crate::watch::{self, Change};
 
 /// Label selecting the application objects the controller watches.
 pub const WATCH_LABEL: &str = "iter8.tools/watch=true";
@@ -34,13 +33,12 @@ pub const WATCH_LABEL: &str = "iter8.tools/watch=true";
 pub const ROUTEMAP_KIND_LABEL: &str = "iter8.tools/kind=routemap";
 /// Label carrying a routemap's format version.
 pub const ROUTEMAP_VERSION_LABEL: &str = "iter8.tools/version";
-/// Label the controller puts on the routing objects it writes, so it can watch them for drift.
-pub const ROUTING_LABEL: &str = "iter8.tools/routing";
-/// Annotation with the hash of what the controller last applied, so a restart can tell an
-/// unchanged routing object from a stale one without writing.
-pub const APPLIED_HASH_ANNOTATION: &str = "iter8.tools/applied-hash";
 
-/// What the reconcile loop works on.
+/// Routemaps reconciled at the same time. Small: the work is API round trips, and one
+/// routemap is never in two workers at once.
+const WORKERS: usize = 4;
+
+/// What the workers work on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Work {
     Routemap(RoutemapKey),
@@ -63,12 +61,10 @@ pub struct Controller {
     options: Options,
     state: Mutex<State>,
     queue: WorkQueue<Work>,
-    writer: Writer,
-    kinds: tokio::sync::Mutex<HashMap<Gvr, String>>,
-    routing_watches: Mutex<HashSet<Gvr>>,
-    /// Watches whose first list has completed (name -> synced).
-    synced: Mutex<BTreeMap<String, bool>>,
-    retries: Mutex<HashMap<RoutemapKey, u32>>,
+    applier: Applier,
+    sync: Arc<SyncTracker>,
+    /// Backoff of work items whose last attempt failed transiently.
+    retries: Mutex<HashMap<Work, Box<dyn Iterator<Item = Duration> + Send>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -81,7 +77,7 @@ impl Controller {
     ) -> Arc<Controller> {
         let metrics = Arc::new(Metrics::default());
         Arc::new(Controller {
-            writer: Writer::new(
+            applier: Applier::new(
                 client.clone(),
                 leadership,
                 options.instance.clone(),
@@ -92,37 +88,41 @@ impl Controller {
             options,
             state: Mutex::default(),
             queue: WorkQueue::default(),
-            kinds: tokio::sync::Mutex::default(),
-            routing_watches: Mutex::default(),
-            synced: Mutex::default(),
+            sync: Arc::default(),
             retries: Mutex::default(),
             metrics,
         })
     }
 
-    /// The metrics (shared with the writer).
+    /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    /// The writer (for its leadership).
-    pub fn writer(&self) -> &Writer {
-        &self.writer
+    /// Whether this replica may write.
+    pub fn leadership(&self) -> &Leadership {
+        self.applier.leadership()
     }
 
-    /// Whether every watch has listed at least once.
+    /// Whether every store is complete (every watch has listed, or its type cannot be
+    /// watched yet).
     pub fn synced(&self) -> bool {
-        let s = self.lock_synced();
-        !s.is_empty() && s.values().all(|v| *v)
+        self.sync.is_synced()
     }
 
-    /// Watches that have not listed yet (or are failing), for /readyz.
+    /// The watches without a complete store, each with why (for `/readyz`).
     pub fn unsynced(&self) -> Vec<String> {
-        self.lock_synced()
-            .iter()
-            .filter(|(_, v)| !**v)
-            .map(|(k, _)| k.clone())
-            .collect()
+        self.sync.unsynced()
+    }
+
+    /// Every watch with its state, e.g. `routing virtualservices.networking.istio.io: Listed`.
+    pub fn watches(&self) -> Vec<String> {
+        self.sync.describe()
+    }
+
+    /// Watches whose type is not served or forbidden (complete and empty).
+    pub fn unavailable(&self) -> Vec<String> {
+        self.sync.unavailable()
     }
 
     /// Nothing queued and nothing being worked: everything seen so far is reconciled.
@@ -136,8 +136,8 @@ impl Controller {
     }
 
     /// Watched objects by type, every configured type included (zero when none).
-    pub fn watched_counts(&self) -> BTreeMap<String, usize> {
-        let mut counts: BTreeMap<String, usize> = self
+    pub fn watched_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts: std::collections::BTreeMap<String, usize> = self
             .config
             .resource_types
             .values()
@@ -151,11 +151,19 @@ impl Controller {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_synced(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, bool>> {
-        self.synced.lock().unwrap_or_else(|e| e.into_inner())
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        if self.config.cluster_scoped {
+            Api::all(self.client.clone())
+        } else {
+            Api::namespaced(self.client.clone(), &self.options.namespace)
+        }
     }
 
-    fn api(&self, gvr: &Gvr) -> Api<DynamicObject> {
+    fn dynamic_api(&self, gvr: &Gvr) -> Api<DynamicObject> {
         let ar = gvr.api_resource("");
         if self.config.cluster_scoped {
             Api::all_with(self.client.clone(), &ar)
@@ -164,52 +172,72 @@ impl Controller {
         }
     }
 
-    /// Starts every watch and the reconcile loop; returns when `shutdown` fires, after the
-    /// work item in flight has finished. `shutdown` must be signalled with `notify_one` (or
-    /// `notify_waiters` while this runs).
+    /// Starts every watch (application objects, routemaps and routing objects, also on a
+    /// standby, so a takeover reconciles from a complete view at once) and the workers;
+    /// returns when `shutdown` fires, after the work items in flight have finished.
+    /// `shutdown` must be signalled with `notify_one` (or `notify_waiters` while this runs).
     pub async fn run(self: Arc<Self>, shutdown: Arc<Notify>) {
         let mut tasks = Vec::new();
-        let mut seen = HashSet::new();
-        for rt in self.config.resource_types.values() {
-            let gvr = Gvr::of(rt);
-            if seen.insert(gvr.clone()) {
-                self.lock_synced().insert(format!("objects {gvr}"), false);
-                tasks.push(tokio::spawn(self.clone().watch_objects(gvr)));
-            }
+        let object_types: BTreeSet<Gvr> =
+            self.config.resource_types.values().map(Gvr::of).collect();
+        for gvr in object_types {
+            self.sync.register(WatchId::Objects(gvr.clone()));
+            tasks.push(tokio::spawn(self.clone().watch_objects(gvr)));
         }
-        self.lock_synced().insert("routemaps".into(), false);
+        self.sync.register(WatchId::Routemaps);
         tasks.push(tokio::spawn(self.clone().watch_routemaps()));
+        let routing_types: BTreeSet<Gvr> = self
+            .config
+            .routing_types()
+            .map(|(_, rt)| Gvr::of(rt))
+            .collect();
+        for gvr in routing_types {
+            self.sync.register(WatchId::Routing(gvr.clone()));
+            tasks.push(tokio::spawn(self.clone().watch_routing(gvr)));
+        }
         tasks.push(tokio::spawn(self.clone().resync_loop()));
 
-        // Between items, stop when asked; an item in flight (an apply) always finishes.
-        loop {
-            // Never decide from a partial view: until every store has listed (at start, and
-            // again after a watch failed), a missing object may only be not listed yet, and
-            // routing written from that view would drop ready versions.
-            let item = tokio::select! {
-                item = async {
-                    while !self.synced() {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    self.queue.pop().await
-                } => item,
-                _ = shutdown.notified() => break,
-            };
-            self.work(item).await;
-            self.queue.done();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| tokio::spawn(self.clone().worker(stopped.clone())))
+            .collect();
+        shutdown.notified().await;
+        let _ = stop.send(true);
+        // Each worker finishes the item it holds (an apply in flight always completes).
+        for w in workers {
+            let _ = w.await;
         }
         for t in tasks {
             t.abort();
         }
     }
 
-    /// Queues every routemap (resync, or leadership just gained).
+    async fn worker(self: Arc<Self>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            // Never decide from a partial view: until every store has listed (at start, and
+            // again after a watch failed), a missing object may only be not listed yet, and
+            // routing written from that view would drop ready versions.
+            let item = tokio::select! {
+                biased;
+                _ = stopped.wait_for(|s| *s) => return,
+                item = async {
+                    self.sync.wait_synced().await;
+                    self.queue.pop().await
+                } => item,
+            };
+            self.work(&item).await;
+            self.queue.done(&item);
+        }
+    }
+
+    /// Queues every routemap, every object stuck on the legacy finalizer, and the owners of
+    /// routing objects whose routemap is gone (resync, or leadership just gained).
     pub fn enqueue_all(&self) {
-        let (routemaps, stuck) = {
+        let (routemaps, stuck, orphans) = {
             let st = self.lock_state();
-            (st.routemap_keys(), st.stuck_deletions())
+            (st.routemap_keys(), st.stuck_deletions(), st.orphan_owners())
         };
-        for k in routemaps {
+        for k in routemaps.into_iter().chain(orphans) {
             self.queue.push(Work::Routemap(k));
         }
         for k in stuck {
@@ -226,72 +254,49 @@ impl Controller {
         }
     }
 
-    fn key_of(&self, gvr: &Gvr, obj: &DynamicObject) -> ObjectKey {
-        ObjectKey {
-            gvr: gvr.clone(),
-            namespace: obj.namespace().unwrap_or_default(),
-            name: obj.name_any(),
-        }
-    }
-
-    fn enqueue(&self, routemaps: Vec<RoutemapKey>) {
+    fn enqueue(&self, routemaps: impl IntoIterator<Item = RoutemapKey>) {
         for r in routemaps {
             self.queue.push(Work::Routemap(r));
         }
     }
 
+    // ---- watches: each feeds one store and queues what its change affects ----
+
     async fn watch_objects(self: Arc<Self>, gvr: Gvr) {
-        let name = format!("objects {gvr}");
         let cfg = watcher::Config::default().labels(WATCH_LABEL);
-        let mut stream = watcher(self.api(&gvr), cfg).default_backoff().boxed();
-        let mut buffer: Vec<(ObjectKey, DynamicObject)> = Vec::new();
-        let mut missing_logged = false;
-        loop {
-            match stream.try_next().await {
-                Ok(Some(ev)) => match ev {
-                    WatchEvent::Init => buffer.clear(),
-                    WatchEvent::InitApply(o) => buffer.push((self.key_of(&gvr, &o), o)),
-                    WatchEvent::InitDone => {
-                        let objs = std::mem::take(&mut buffer);
-                        let affected = self.lock_state().replace_type(&gvr, &objs);
-                        self.enqueue(affected);
-                        self.enqueue_stuck(&objs);
-                        self.lock_synced().insert(name.clone(), true);
-                        if missing_logged {
-                            tracing::info!(resource = %gvr, "resource type is now served; watching it");
-                            missing_logged = false;
-                        }
-                    }
-                    WatchEvent::Apply(o) => {
-                        let key = self.key_of(&gvr, &o);
-                        let affected = self.lock_state().upsert_object(key, &o);
-                        self.enqueue(affected);
-                        self.enqueue_stuck(&[(self.key_of(&gvr, &o), o)]);
-                    }
-                    WatchEvent::Delete(o) => {
-                        let key = self.key_of(&gvr, &o);
-                        let affected = self.lock_state().remove_object(&key);
-                        self.enqueue(affected);
-                    }
-                },
-                Ok(None) => return,
-                Err(e) => {
-                    self.metrics.watch_restarts.inc();
-                    if is_not_found(&e) {
-                        // The CRD is not installed (yet). Count the type as synced-empty so
-                        // readiness does not wait for it; the backoff keeps retrying and the
-                        // watch starts as soon as the CRD appears.
-                        if !missing_logged {
-                            tracing::warn!(resource = %gvr, error = %e, "cannot watch resource type (CRD missing or access forbidden); will watch it once possible");
-                            missing_logged = true;
-                        }
-                        self.lock_synced().insert(name.clone(), true);
-                    } else {
-                        tracing::warn!(resource = %gvr, error = %e, "watch failed; retrying");
-                        // Stale until the watch has listed again.
-                        self.lock_synced().insert(name.clone(), false);
-                    }
-                }
+        let me = self.clone();
+        let g = gvr.clone();
+        watch::run(
+            self.dynamic_api(&gvr),
+            cfg,
+            WatchId::Objects(gvr),
+            self.sync.clone(),
+            self.metrics.clone(),
+            move |change| me.objects_changed(&g, change),
+        )
+        .await;
+    }
+
+    fn objects_changed(&self, gvr: &Gvr, change: Change<DynamicObject>) {
+        let keyed = |o: DynamicObject| (object_key(gvr, &o), o);
+        match change {
+            Change::Relisted(objs) => {
+                let objs: Vec<_> = objs.into_iter().map(keyed).collect();
+                let affected = self.lock_state().replace_type(gvr, &objs);
+                self.enqueue(affected);
+                self.enqueue_stuck(&objs);
+            }
+            Change::Applied(o) => {
+                let objs = [keyed(o)];
+                let affected = self
+                    .lock_state()
+                    .upsert_object(objs[0].0.clone(), &objs[0].1);
+                self.enqueue(affected);
+                self.enqueue_stuck(&objs);
+            }
+            Change::Deleted(o) => {
+                let affected = self.lock_state().remove_object(&object_key(gvr, &o));
+                self.enqueue(affected);
             }
         }
     }
@@ -307,73 +312,64 @@ impl Controller {
     }
 
     async fn watch_routemaps(self: Arc<Self>) {
-        let api: Api<ConfigMap> = if self.config.cluster_scoped {
-            Api::all(self.client.clone())
-        } else {
-            Api::namespaced(self.client.clone(), &self.options.namespace)
-        };
         let cfg = watcher::Config::default().labels(ROUTEMAP_KIND_LABEL);
-        let mut stream = watcher(api, cfg).default_backoff().boxed();
-        let mut buffer: Vec<ConfigMap> = Vec::new();
-        loop {
-            match stream.try_next().await {
-                Ok(Some(ev)) => match ev {
-                    WatchEvent::Init => buffer.clear(),
-                    WatchEvent::InitApply(cm) => buffer.push(cm),
-                    WatchEvent::InitDone => {
-                        let cms = std::mem::take(&mut buffer);
-                        let fresh: HashSet<RoutemapKey> = cms.iter().map(routemap_key).collect();
-                        let gone: Vec<RoutemapKey> = self
-                            .lock_state()
-                            .routemap_keys()
-                            .into_iter()
-                            .filter(|k| !fresh.contains(k))
-                            .collect();
-                        for k in gone {
-                            self.lock_state().remove_routemap(&k);
-                            self.queue.push(Work::Routemap(k));
-                        }
-                        for cm in cms {
-                            self.routemap_changed(&cm);
-                        }
-                        self.lock_synced().insert("routemaps".into(), true);
+        let me = self.clone();
+        watch::run(
+            self.api::<ConfigMap>(),
+            cfg,
+            WatchId::Routemaps,
+            self.sync.clone(),
+            self.metrics.clone(),
+            move |change| me.routemaps_changed(change),
+        )
+        .await;
+    }
+
+    fn routemaps_changed(&self, change: Change<ConfigMap>) {
+        match change {
+            Change::Relisted(cms) => {
+                let fresh: HashSet<RoutemapKey> = cms.iter().map(routemap_key).collect();
+                let gone: Vec<RoutemapKey> = {
+                    let mut st = self.lock_state();
+                    let gone: Vec<RoutemapKey> = st
+                        .routemap_keys()
+                        .into_iter()
+                        .filter(|k| !fresh.contains(k))
+                        .collect();
+                    for k in &gone {
+                        st.remove_routemap(k);
                     }
-                    WatchEvent::Apply(cm) => self.routemap_changed(&cm),
-                    WatchEvent::Delete(cm) => {
-                        let key = routemap_key(&cm);
-                        self.lock_state().remove_routemap(&key);
-                        self.queue.push(Work::Routemap(key));
-                    }
-                },
-                Ok(None) => return,
-                Err(e) => {
-                    self.metrics.watch_restarts.inc();
-                    tracing::warn!(error = %e, "routemap watch failed; retrying");
-                    self.lock_synced().insert("routemaps".into(), false);
+                    gone
+                };
+                self.enqueue(gone);
+                for cm in cms {
+                    self.routemap_changed(&cm);
                 }
+            }
+            Change::Applied(cm) => self.routemap_changed(&cm),
+            // Deleted, or its `iter8.tools/kind` label removed: the reconcile tells them apart.
+            Change::Deleted(cm) => {
+                let key = routemap_key(&cm);
+                self.lock_state().remove_routemap(&key);
+                self.enqueue([key]);
             }
         }
     }
 
     fn routemap_changed(&self, cm: &ConfigMap) {
         let key = routemap_key(cm);
-        let version = cm
-            .labels()
-            .get(ROUTEMAP_VERSION_LABEL)
-            .cloned()
-            .unwrap_or_default();
-        if !self.config.routemap_versions.iter().any(|v| v == &version) {
-            tracing::warn!(routemap = %key, version = %version, accepted = ?self.config.routemap_versions,
-                "ignoring routemap: its iter8.tools/version label is not an accepted version");
-            let had = self.lock_state().remove_routemap(&key).is_some();
-            if had {
-                self.queue.push(Work::Routemap(key));
+        let version = cm.labels().get(ROUTEMAP_VERSION_LABEL).cloned();
+        let accepted = &self.config.routemap_versions;
+        let spec = if !version.as_ref().is_some_and(|v| accepted.contains(v)) {
+            Err(Hold::UnacceptedVersion {
+                found: version,
+                accepted: accepted.clone(),
+            })
+        } else {
+            match cm.data.as_ref().and_then(|d| d.get(STR_SPEC_KEY)) {
+                None => Err(Hold::Invalid(RoutemapError::MissingSpec)),
+                Some(s) => routemap::parse(s, &key.namespace, &self.config).map_err(Hold::Invalid),
             }
-            return;
-        }
-        let spec = match cm.data.as_ref().and_then(|d| d.get("strSpec")) {
-            None => Err("routemap has no strSpec".to_string()),
-            Some(s) => routemap::parse(s, &key.namespace, &self.config).map_err(|e| e.to_string()),
         };
         let meta = RoutemapMeta {
             name: key.name.clone(),
@@ -385,402 +381,392 @@ impl Controller {
         let record = RoutemapRecord { meta, spec };
         self.lock_state()
             .upsert_routemap(key.clone(), record, &self.config);
-        self.queue.push(Work::Routemap(key));
-    }
-
-    /// Makes sure routing objects of `gvr` are watched (for drift and for restarts).
-    fn ensure_routing_watch(self: &Arc<Self>, gvr: &Gvr) {
-        let mut watches = self
-            .routing_watches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if watches.insert(gvr.clone()) {
-            self.lock_synced().insert(format!("routing {gvr}"), false);
-            tokio::spawn(self.clone().watch_routing(gvr.clone()));
-        }
-    }
-
-    /// Waits (bounded) until the routing objects of `gvr` have been listed, so the first
-    /// reconcile after a start compares with the live objects instead of writing blindly.
-    async fn routing_listed(&self, gvr: &Gvr) {
-        let name = format!("routing {gvr}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.lock_synced().get(&name) == Some(&false) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.enqueue([key]);
     }
 
     async fn watch_routing(self: Arc<Self>, gvr: Gvr) {
         let cfg = watcher::Config::default().labels(&format!("{ROUTING_LABEL}=true"));
-        let mut stream = watcher(self.api(&gvr), cfg).default_backoff().boxed();
-        let mut buffer = Vec::new();
-        loop {
-            match stream.try_next().await {
-                Ok(Some(ev)) => match ev {
-                    WatchEvent::Init => buffer.clear(),
-                    WatchEvent::InitApply(o) => buffer.push((self.key_of(&gvr, &o), o)),
-                    WatchEvent::InitDone => {
-                        let objs = std::mem::take(&mut buffer);
-                        self.lock_state().replace_routing(&gvr, &objs);
-                        self.enqueue_owners(objs.iter().map(|(_, o)| o));
-                        self.lock_synced().insert(format!("routing {gvr}"), true);
-                    }
-                    WatchEvent::Apply(o) => {
-                        let key = self.key_of(&gvr, &o);
-                        let changed = {
-                            let mut st = self.lock_state();
-                            let before = st.routing(&key);
-                            st.upsert_routing(key.clone(), &o);
-                            before != st.routing(&key)
-                        };
-                        if changed {
-                            self.enqueue_owners(std::iter::once(&o));
-                        }
-                    }
-                    WatchEvent::Delete(o) => {
-                        let key = self.key_of(&gvr, &o);
-                        self.lock_state().remove_routing(&key);
-                        self.enqueue_owners(std::iter::once(&o));
-                    }
-                },
-                Ok(None) => return,
-                Err(e) => {
-                    self.metrics.watch_restarts.inc();
-                    tracing::warn!(resource = %gvr, error = %e, "routing object watch failed; retrying");
-                    let listed = is_not_found(&e);
-                    self.lock_synced().insert(format!("routing {gvr}"), listed);
+        let me = self.clone();
+        let g = gvr.clone();
+        watch::run(
+            self.dynamic_api(&gvr),
+            cfg,
+            WatchId::Routing(gvr),
+            self.sync.clone(),
+            self.metrics.clone(),
+            move |change| me.routing_changed(&g, change),
+        )
+        .await;
+    }
+
+    /// A routing object changed: its routemap checks for drift (or, if it is gone, cleans up).
+    fn routing_changed(&self, gvr: &Gvr, change: Change<DynamicObject>) {
+        match change {
+            Change::Relisted(objs) => {
+                let objs: Vec<_> = objs.into_iter().map(|o| (object_key(gvr, &o), o)).collect();
+                self.lock_state().replace_routing(gvr, &objs);
+                self.enqueue(objs.iter().filter_map(|(_, o)| owner_key(o)));
+            }
+            Change::Applied(o) => {
+                if self.lock_state().upsert_routing(object_key(gvr, &o), &o) {
+                    self.enqueue(owner_key(&o));
                 }
+            }
+            Change::Deleted(o) => {
+                self.lock_state().remove_routing(&object_key(gvr, &o));
+                self.enqueue(owner_key(&o));
             }
         }
     }
 
-    /// A routing object changed: its routemap checks for drift.
-    fn enqueue_owners<'a>(&self, objs: impl Iterator<Item = &'a DynamicObject>) {
-        for o in objs {
-            for r in o.owner_references() {
-                if r.kind == "ConfigMap" {
-                    self.queue.push(Work::Routemap(RoutemapKey {
-                        namespace: o.namespace().unwrap_or_default(),
-                        name: r.name.clone(),
-                    }));
-                }
-            }
-        }
-    }
+    // ---- work ----
 
-    async fn work(self: &Arc<Self>, item: Work) {
-        if !self.writer.leadership().is_leader() {
+    async fn work(self: &Arc<Self>, item: &Work) {
+        if !self.leadership().is_leader() {
             // Standbys keep their stores warm and write nothing; a new leader resyncs.
             return;
         }
-        self.metrics.reconciles.inc();
-        let started = Instant::now();
-        match item {
+        let retry = match item {
             Work::Routemap(key) => {
-                self.reconcile(&key).await;
+                self.metrics.reconciles.inc();
+                let started = Instant::now();
+                let retry = self.reconcile(key).await;
                 self.metrics
                     .reconcile_seconds
                     .observe(started.elapsed().as_secs_f64());
+                retry
             }
-            Work::Finalizer(key) => {
-                let stuck = self.lock_state().stuck_deletion(&key);
-                if let Some(s) = stuck {
-                    match self
-                        .writer
-                        .remove_finalizer(
-                            &key,
-                            &s.resource_version,
-                            &s.finalizers,
-                            LEGACY_FINALIZER,
-                        )
-                        .await
-                    {
-                        Ok(()) => {
-                            tracing::info!(object = %key, "removed legacy finalizer {LEGACY_FINALIZER}")
-                        }
-                        // A conflict means a newer version is coming through the watch.
-                        Err(e) => {
-                            tracing::warn!(object = %key, error = %e, "failed to remove legacy finalizer")
-                        }
-                    }
-                }
-            }
-        }
+            Work::Finalizer(key) => self.remove_legacy_finalizer(key).await,
+        };
+        self.schedule_retry(item, retry);
     }
 
-    /// Brings the routing objects of one routemap in line with its versions' readiness.
-    async fn reconcile(self: &Arc<Self>, key: &RoutemapKey) {
+    /// Retries a failed item with capped exponential backoff and jitter; a success resets it.
+    fn schedule_retry(self: &Arc<Self>, item: &Work, retry: bool) {
+        let mut retries = self.retries.lock().unwrap_or_else(|e| e.into_inner());
+        if !retry {
+            retries.remove(item);
+            return;
+        }
+        let delays = retries
+            .entry(item.clone())
+            .or_insert_with(|| Box::new(retry_backoff()));
+        let delay = delays.next().unwrap_or(Duration::from_secs(60));
+        drop(retries);
+        let queue_item = item.clone();
+        // The timer must not keep a stopped controller alive.
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(c) = me.upgrade() {
+                c.queue.push(queue_item);
+            }
+        });
+    }
+
+    /// One routemap: load → plan → apply the plan → report. Returns whether to retry.
+    async fn reconcile(&self, key: &RoutemapKey) -> bool {
         let record = self.lock_state().routemap(key);
         let Some(record) = record else {
-            self.cleanup(key).await;
-            return;
+            return self.cleanup(key).await;
         };
         let uid = record.meta.uid.clone();
         let rm = match &record.spec {
             Ok(rm) => rm,
-            Err(msg) => {
-                tracing::warn!(routemap = %key, error = %msg, "invalid routemap");
-                self.metrics.error("routemap");
-                self.writer
-                    .event(
-                        key,
-                        &uid,
-                        "routemap",
-                        EventType::Warning,
-                        "InvalidRoutemap",
-                        format!("invalid routemap {key}: {msg}"),
-                    )
+            Err(hold) => {
+                // Keep what was applied: a routemap that became unusable must not take its
+                // application's routing down with it.
+                let reason = match hold {
+                    Hold::Invalid(_) => "InvalidRoutemap",
+                    Hold::UnacceptedVersion { .. } => "RoutemapIgnored",
+                };
+                let note = Note::warning(reason, "routemap", hold.to_string());
+                return self
+                    .publish(key, &uid, vec![Report::about("routemap", note)])
                     .await;
-                return;
             }
         };
-        let warnings = rm.warnings(&self.config);
-        if !warnings.is_empty() {
-            self.writer
-                .event(
-                    key,
-                    &uid,
-                    "routemap",
-                    EventType::Warning,
-                    "RoutemapWarning",
-                    warnings.join("; "),
-                )
-                .await;
-        } else {
-            self.writer.clear(key, "routemap");
-        }
 
-        // Snapshot just the objects this routemap reads, then weigh and render without the lock.
-        let snapshot: HashMap<(String, String, String), Observed> = {
-            let st = self.lock_state();
-            rm.references(&key.namespace)
-                .into_iter()
-                .filter_map(|(short, ns, name)| {
-                    let rt = self.config.resource_types.get(&short)?;
-                    let obj = st.object(&ObjectKey {
-                        gvr: Gvr::of(rt),
-                        namespace: ns.clone(),
-                        name: name.clone(),
-                    })?;
-                    Some(((short, ns, name), obj))
-                })
-                .collect()
-        };
-        let lookup = |short: &str, ns: &str, name: &str| {
-            snapshot
-                .get(&(short.to_string(), ns.to_string(), name.to_string()))
-                .cloned()
-        };
-        let weighing = weigh(rm, &key.namespace, &self.config, &lookup);
-        if !weighing.problems.is_empty() {
-            self.writer
-                .event(
-                    key,
-                    &uid,
-                    "resources",
-                    EventType::Warning,
-                    "ResourceProblem",
-                    weighing.problems.join("; "),
-                )
-                .await;
-        } else {
-            self.writer.clear(key, "resources");
-        }
-        let mut retry = false;
-        for rendered in render(&record.meta, rm, &weighing) {
-            let subject = format!("template {}", rendered.template);
-            let obj = match rendered.result {
-                Ok(Some(obj)) => obj,
-                Ok(None) => {
-                    self.writer.clear(key, &subject);
-                    continue;
+        // Load: the kinds of the routing types it uses, and what the stores hold.
+        let mut kinds = HashMap::new();
+        for gvr in plan::routing_types_used(rm, &self.config) {
+            match self.applier.kind_of(&gvr).await {
+                Ok(kind) => {
+                    kinds.insert(gvr, kind);
                 }
+                // The plan reports it and asks for a retry.
+                Err(Error::NotServed(_)) => {}
                 Err(e) => {
-                    tracing::warn!(routemap = %key, template = %rendered.template, error = %e, "routing template failed");
-                    self.metrics.error(e.category());
-                    self.writer
-                        .event(
-                            key,
-                            &uid,
-                            &subject,
-                            EventType::Warning,
-                            "TemplateError",
-                            format!(
-                                "routing template {} of routemap {key}: {e}",
-                                rendered.template
-                            ),
-                        )
-                        .await;
-                    continue;
+                    tracing::warn!(routemap = %key, error = %e, "discovery failed; will retry");
+                    return true;
                 }
-            };
+            }
+        }
+        let (objects, owned) = {
+            let st = self.lock_state();
+            (
+                st.snapshot(rm, &key.namespace, &self.config),
+                st.routing_owned_by(key),
+            )
+        };
+        let plan = plan::plan(&Inputs {
+            key,
+            meta: &record.meta,
+            routemap: rm,
+            config: &self.config,
+            objects: &objects,
+            owned: &owned,
+            kinds: &kinds,
+        });
+        self.carry_out(key, &uid, plan).await
+    }
+
+    /// Applies and prunes what the plan says, then publishes its reports. Returns whether
+    /// to retry.
+    async fn carry_out(&self, key: &RoutemapKey, uid: &str, plan: Plan) -> bool {
+        let Plan {
+            weights,
+            apply,
+            prune,
+            mut reports,
+            mut retry,
+        } = plan;
+        for desired in &apply {
+            let subject = template_subject(&desired.template);
+            let target = &desired.target;
+            let live = self.lock_state().routing(target);
+            let started = Instant::now();
+            match self.applier.apply(key, uid, desired, live.as_ref()).await {
+                Ok(Applied::Unchanged) => reports.push(Report::fine(subject)),
+                Ok(Applied::Written { object, created }) => {
+                    self.lock_state().upsert_routing(target.clone(), &object);
+                    let what = if created { "created" } else { "updated" };
+                    tracing::info!(routemap = %key, object = %format!("{} {}/{}", desired.kind, target.namespace, target.name),
+                        weights = ?weights, elapsed_ms = started.elapsed().as_millis() as u64, "{what} routing object");
+                    reports.push(Report::about(
+                        subject,
+                        Note::normal(
+                            "Applied",
+                            format!(
+                                "applied {} {}/{} (weights {weights:?})",
+                                desired.kind, target.namespace, target.name
+                            ),
+                        ),
+                    ));
+                }
+                Err(Error::NotLeader) => return false,
+                Err(e) => {
+                    let transient = e.is_transient();
+                    retry |= transient;
+                    let (reason, category) = if transient {
+                        ("ApplyFailed", "apply")
+                    } else {
+                        ("RefusedObject", "target")
+                    };
+                    reports.push(Report::about(
+                        subject,
+                        Note::warning(
+                            reason,
+                            category,
+                            format!("routing template {}: {e}", desired.template),
+                        ),
+                    ));
+                }
+            }
+        }
+        for (target, seen) in &prune {
+            let subject = format!("prune {target} {}", seen.uid);
+            let kind = seen.value["kind"].as_str().unwrap_or("object");
+            match self.applier.delete(target, seen).await {
+                Ok(()) => {
+                    self.lock_state().remove_routing(target);
+                    tracing::info!(routemap = %key, object = %target, "deleted routing object no template renders any more");
+                    reports.push(Report::about(
+                        subject,
+                        Note::normal(
+                            "Deleted",
+                            format!(
+                                "deleted {kind} {}/{}: no routing template renders it any more",
+                                target.namespace, target.name
+                            ),
+                        ),
+                    ));
+                }
+                Err(Error::NotLeader) => return false,
+                Err(e) => {
+                    self.metrics.error("delete");
+                    retry = true;
+                    reports.push(Report::about(
+                        subject,
+                        Note::warning("DeleteFailed", "delete", e.to_string()),
+                    ));
+                }
+            }
+        }
+        self.publish(key, uid, reports).await || retry
+    }
+
+    /// Publishes the reports of one reconcile, in one place. Returns whether one failed
+    /// (it is retried: a failed publish is not remembered as sent).
+    async fn publish(&self, key: &RoutemapKey, uid: &str, reports: Vec<Report>) -> bool {
+        let mut failed = false;
+        for r in reports {
             match self
-                .apply_one(key, &uid, &rendered.gvr_short, obj, &weighing.weights)
+                .applier
+                .report(key, uid, &r.subject, r.note.as_ref())
                 .await
             {
-                Ok(Some(note)) => {
-                    self.writer
-                        .event(key, &uid, &subject, EventType::Normal, "Applied", note)
-                        .await;
+                Ok(()) => {}
+                Err(Error::NotLeader) => return false,
+                Err(e) => {
+                    self.metrics.error("event");
+                    tracing::warn!(routemap = %key, error = %e, "failed to publish event; will retry");
+                    failed = true;
                 }
-                Ok(None) => self.writer.clear(key, &subject),
-                Err(ApplyFailure::User(msg)) => {
-                    tracing::warn!(routemap = %key, template = %rendered.template, error = %msg, "refused routing object");
-                    self.metrics.error("target");
-                    self.writer
-                        .event(
-                            key,
-                            &uid,
-                            &subject,
-                            EventType::Warning,
-                            "RefusedObject",
-                            format!("routing template {}: {msg}", rendered.template),
-                        )
-                        .await;
+            }
+        }
+        failed
+    }
+
+    /// The routemap is not in the store: if its ConfigMap is really gone, delete the routing
+    /// objects the controller wrote for it. Returns whether to retry.
+    async fn cleanup(&self, key: &RoutemapKey) -> bool {
+        let owned = self.lock_state().routing_owned_by(key);
+        if owned.is_empty() {
+            self.applier.forget(key);
+            return false;
+        }
+        // The routemap watch only sees labelled ConfigMaps: one that lost its
+        // `iter8.tools/kind` label looks deleted. Ask the API server before deleting.
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &key.namespace);
+        let live = match api.get_opt(&key.name).await {
+            Ok(cm) => cm,
+            Err(e) => {
+                let e = Error::api(format!("get routemap {key}"), e);
+                tracing::warn!(routemap = %key, error = %e, "cannot tell whether the routemap is gone; will retry");
+                return true;
+            }
+        };
+        let (stale, kept): (Vec<_>, Vec<_>) = match &live {
+            None => (owned, Vec::new()),
+            Some(cm) if is_routemap(cm) => {
+                // Not listed yet: the watch brings it.
+                return false;
+            }
+            // Objects of an earlier ConfigMap of this name are stale; this one's are kept.
+            Some(cm) => {
+                let uid = cm.uid().unwrap_or_default();
+                owned
+                    .into_iter()
+                    .partition(|(_, o)| o.owner.as_ref().is_none_or(|(_, u)| *u != uid))
+            }
+        };
+        let mut retry = false;
+        if let (Some(cm), false) = (&live, kept.is_empty()) {
+            let note = Note::warning(
+                "RoutemapIgnored",
+                "routemap",
+                format!(
+                    "label iter8.tools/kind=routemap was removed; the routing objects already \
+                     applied ({}) are kept and not reconciled until it is back",
+                    describe_objects(&kept)
+                ),
+            );
+            retry |= self
+                .publish(
+                    key,
+                    &cm.uid().unwrap_or_default(),
+                    vec![Report::about("routemap", note)],
+                )
+                .await;
+        }
+        for (target, seen) in &stale {
+            match self.applier.delete(target, seen).await {
+                Ok(()) => {
+                    self.lock_state().remove_routing(target);
+                    tracing::info!(routemap = %key, object = %target, "deleted routing object of deleted routemap");
                 }
-                Err(ApplyFailure::Transient(msg)) => {
-                    tracing::warn!(routemap = %key, template = %rendered.template, error = %msg, "apply failed; will retry");
-                    self.metrics.error("apply");
-                    self.writer
-                        .event(key, &uid, &subject, EventType::Warning, "ApplyFailed", msg)
-                        .await;
+                Err(Error::NotLeader) => return false,
+                // Any failure is retried with backoff, a forbidden one too: cleanup must not
+                // depend on the garbage collector.
+                Err(e) => {
+                    self.metrics.error("delete");
+                    tracing::warn!(routemap = %key, object = %target, error = %e, "failed to delete routing object; will retry");
                     retry = true;
                 }
             }
         }
-        self.schedule_retry(key, retry);
-    }
-
-    fn schedule_retry(self: &Arc<Self>, key: &RoutemapKey, retry: bool) {
-        let mut retries = self.retries.lock().unwrap_or_else(|e| e.into_inner());
-        if !retry {
-            retries.remove(key);
-            return;
+        if !retry && live.is_none() {
+            self.applier.forget(key);
         }
-        let n = retries.entry(key.clone()).or_insert(0);
-        *n = (*n + 1).min(10);
-        let delay = Duration::from_millis(200u64 << *n).min(Duration::from_secs(60));
-        let me = self.clone();
-        let key = key.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            me.queue.push(Work::Routemap(key));
-        });
+        retry
     }
 
-    /// Checks and applies one rendered object. `Ok(Some(note))` when it wrote.
-    async fn apply_one(
-        self: &Arc<Self>,
-        key: &RoutemapKey,
-        uid: &str,
-        gvr_short: &str,
-        obj: Value,
-        weights: &[u32],
-    ) -> Result<Option<String>, ApplyFailure> {
-        let rt = self.config.resource_types.get(gvr_short).ok_or_else(|| {
-            ApplyFailure::User(format!(
-                "routing template type {gvr_short:?} is not a configured resource type"
-            ))
-        })?;
-        let gvr = Gvr::of(rt);
-        let kind = self.kind_of(&gvr).await.map_err(ApplyFailure::Transient)?;
-        let obj = check_target(obj, &gvr.api_version(), &kind, &key.namespace).map_err(|e| {
-            ApplyFailure::User(format!("refused object rendered by routemap {key}: {e}"))
-        })?;
-        let name = obj["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let target = ObjectKey {
-            gvr: gvr.clone(),
-            namespace: key.namespace.clone(),
-            name,
+    async fn remove_legacy_finalizer(&self, key: &ObjectKey) -> bool {
+        let Some(stuck) = self.lock_state().stuck_deletion(key) else {
+            return false;
         };
-        let desired = with_ownership(obj, key, uid);
-        self.ensure_routing_watch(&gvr);
-        self.routing_listed(&gvr).await;
-
-        let live = self.lock_state().routing(&target);
-        if let Some(live) = &live {
-            if live["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
-                == desired["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
-                && contains(live, &desired)
-            {
-                self.writer.skipped();
-                return Ok(None);
-            }
-        }
-        let started = Instant::now();
-        match self.writer.apply(&target, &kind, &desired).await {
-            Ok(applied) => {
-                self.lock_state().upsert_routing(target.clone(), &applied);
-                let what = if live.is_some() { "updated" } else { "created" };
-                tracing::info!(routemap = %key, object = %format!("{kind} {}/{}", target.namespace, target.name),
-                    weights = ?weights, elapsed_ms = started.elapsed().as_millis() as u64, "{what} routing object");
-                Ok(Some(format!(
-                    "applied {kind} {}/{} (weights {weights:?})",
-                    target.namespace, target.name
-                )))
-            }
-            Err(WriteError::NotLeader) => Ok(None),
-            Err(WriteError::Api(kube::Error::Api(s)))
-                if (400..500).contains(&s.code) && s.code != 409 && s.code != 429 =>
-            {
-                Err(ApplyFailure::User(format!(
-                    "failed to apply {kind} {}/{} from routemap {key}: {}",
-                    target.namespace, target.name, s.message
-                )))
-            }
-            Err(e) => Err(ApplyFailure::Transient(format!(
-                "failed to apply {kind} {}/{} from routemap {key}: {e}",
-                target.namespace, target.name
-            ))),
-        }
-    }
-
-    /// The routemap is gone: remove the routing objects it owned.
-    async fn cleanup(&self, key: &RoutemapKey) {
-        let owned = self.lock_state().routing_owned_by(key);
-        for obj in owned {
-            match self.writer.delete(&obj).await {
-                Ok(()) => {
-                    self.lock_state().remove_routing(&obj);
-                    tracing::info!(routemap = %key, object = %obj, "deleted routing object of deleted routemap");
-                }
-                Err(e) => {
-                    tracing::warn!(routemap = %key, object = %obj, error = %e, "failed to delete routing object")
-                }
-            }
-        }
-        self.writer.forget(key);
-    }
-
-    /// The kind of a resource type, from discovery (cached).
-    async fn kind_of(&self, gvr: &Gvr) -> Result<String, String> {
-        let mut kinds = self.kinds.lock().await;
-        if let Some(k) = kinds.get(gvr) {
-            return Ok(k.clone());
-        }
-        let gv = GroupVersion::gv(&gvr.group, &gvr.version);
-        let group = kube::discovery::pinned_group(&self.client, &gv)
+        match self
+            .applier
+            .remove_finalizer(
+                key,
+                &stuck.resource_version,
+                &stuck.finalizers,
+                LEGACY_FINALIZER,
+            )
             .await
-            .map_err(|e| format!("discovery of {} failed: {e}", gvr.api_version()))?;
-        let kind = group
-            .versioned_resources(&gvr.version)
-            .into_iter()
-            .find(|(ar, _)| ar.plural == gvr.resource)
-            .map(|(ar, _)| ar.kind)
-            .ok_or_else(|| format!("the API server does not serve {gvr}"))?;
-        kinds.insert(gvr.clone(), kind.clone());
-        Ok(kind)
+        {
+            Ok(()) => {
+                tracing::info!(object = %key, "removed legacy finalizer {LEGACY_FINALIZER}");
+                false
+            }
+            Err(Error::NotLeader) => false,
+            // A conflict means a newer version is coming through the watch, which queues it.
+            Err(e) if e.failure() == Some(crate::error::ApiFailure::Conflict) => false,
+            Err(e) => {
+                tracing::warn!(object = %key, error = %e, "failed to remove legacy finalizer");
+                e.is_transient()
+            }
+        }
     }
 }
 
-enum ApplyFailure {
-    /// The routemap asked for something wrong: an Event, no retry until it changes.
-    User(String),
-    /// The API failed: retry with backoff.
-    Transient(String),
+/// Retry delays: 200 ms doubling to at most a minute, with jitter.
+fn retry_backoff() -> impl Iterator<Item = Duration> + Send {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(60))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn describe_objects(objs: &[(ObjectKey, RoutingObject)]) -> String {
+    objs.iter()
+        .map(|(k, o)| {
+            format!(
+                "{} {}",
+                o.value["kind"].as_str().unwrap_or("object"),
+                k.name
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn is_routemap(cm: &ConfigMap) -> bool {
+    let (k, v) = ROUTEMAP_KIND_LABEL.split_once('=').unwrap_or_default();
+    cm.labels().get(k).is_some_and(|l| l == v)
+}
+
+fn object_key(gvr: &Gvr, obj: &DynamicObject) -> ObjectKey {
+    ObjectKey {
+        gvr: gvr.clone(),
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+    }
 }
 
 fn routemap_key(cm: &ConfigMap) -> RoutemapKey {
@@ -790,37 +776,13 @@ fn routemap_key(cm: &ConfigMap) -> RoutemapKey {
     }
 }
 
-/// A watch that cannot work until the cluster changes: the type is not served (CRD missing)
-/// or RBAC forbids it. Such a type counts as listed-empty, so it does not hold up the rest.
-fn is_not_found(e: &watcher::Error) -> bool {
-    let text = format!("{e:?}");
-    ["404", "NotFound", "403", "Forbidden"]
+/// The routemap named by a routing object's ConfigMap ownerReference.
+fn owner_key(obj: &DynamicObject) -> Option<RoutemapKey> {
+    obj.owner_references()
         .iter()
-        .any(|s| text.contains(s))
-}
-
-/// The desired routing object: owned by the routemap (so garbage collection removes it with
-/// the routemap), labelled for our drift watch, and stamped with the hash of its content.
-fn with_ownership(mut obj: Value, key: &RoutemapKey, uid: &str) -> Value {
-    let hash = {
-        let canonical = serde_json::to_string(&obj).unwrap_or_default();
-        let digest = Sha256::digest(canonical.as_bytes());
-        digest[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
-    let meta = &mut obj["metadata"];
-    meta["ownerReferences"] = json!([{
-        "apiVersion": "v1", "kind": "ConfigMap", "name": key.name, "uid": uid,
-    }]);
-    if !meta["labels"].is_object() {
-        meta["labels"] = json!({});
-    }
-    meta["labels"][ROUTING_LABEL] = json!("true");
-    if !meta["annotations"].is_object() {
-        meta["annotations"] = json!({});
-    }
-    meta["annotations"][APPLIED_HASH_ANNOTATION] = json!(hash);
-    obj
+        .find(|r| r.kind == "ConfigMap")
+        .map(|r| RoutemapKey {
+            namespace: obj.namespace().unwrap_or_default(),
+            name: r.name.clone(),
+        })
 }

@@ -121,6 +121,13 @@ impl Metrics {
             .inc();
     }
 
+    /// Reads a counter of `errors` (for tests).
+    pub fn errors_with(&self, category: &'static str) -> u64 {
+        self.errors
+            .get_or_create(&vec![("category", category.to_string())])
+            .get()
+    }
+
     /// Reads a counter of `applies` (for tests and the benchmark).
     pub fn applies_with(&self, result: &'static str) -> u64 {
         self.applies
@@ -134,7 +141,7 @@ pub fn encode_text(metrics: &Arc<Metrics>, controller: &Controller) -> String {
     metrics.queue_depth.set(controller.queue_depth() as i64);
     metrics
         .leader
-        .set(i64::from(controller.writer().leadership().is_leader()));
+        .set(i64::from(controller.leadership().is_leader()));
     for (ty, n) in controller.watched_counts() {
         metrics
             .watched

@@ -1,5 +1,6 @@
-//! A de-duplicating work queue: an item queued twice before it is taken is worked once.
-//! Watches push, the single writer pops. No I/O.
+//! A de-duplicating work queue for a pool of workers: an item queued twice before it is
+//! taken is worked once, and an item is never worked by two workers at once (queued again
+//! while it is worked, it waits until that worker is done). No I/O.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
@@ -15,9 +16,10 @@ pub struct WorkQueue<T> {
 
 struct Inner<T> {
     order: VecDeque<T>,
+    /// Items queued (in `order`, or parked until their worker is done).
     waiting: HashSet<T>,
-    /// Items taken and not yet marked done.
-    in_flight: usize,
+    /// Items taken and not yet done.
+    working: HashSet<T>,
 }
 
 impl<T: Clone + Eq + Hash> Default for WorkQueue<T> {
@@ -26,7 +28,7 @@ impl<T: Clone + Eq + Hash> Default for WorkQueue<T> {
             inner: Mutex::new(Inner {
                 order: VecDeque::new(),
                 waiting: HashSet::new(),
-                in_flight: 0,
+                working: HashSet::new(),
             }),
             notify: Notify::new(),
         }
@@ -34,50 +36,66 @@ impl<T: Clone + Eq + Hash> Default for WorkQueue<T> {
 }
 
 impl<T: Clone + Eq + Hash> WorkQueue<T> {
-    /// Queues `item` unless it is already waiting.
+    /// Queues `item` unless it is already waiting. An item being worked is parked and
+    /// queued when its worker calls [`WorkQueue::done`].
     pub fn push(&self, item: T) {
         let mut q = self.lock();
-        if q.waiting.insert(item.clone()) {
-            q.order.push_back(item);
+        if !q.waiting.insert(item.clone()) {
+            return;
+        }
+        if q.working.contains(&item) {
+            return;
+        }
+        q.order.push_back(item);
+        drop(q);
+        self.notify.notify_one();
+    }
+
+    /// Takes the oldest item, if any; the caller calls [`WorkQueue::done`] with it when
+    /// finished.
+    pub fn try_pop(&self) -> Option<T> {
+        let mut q = self.lock();
+        let item = q.order.pop_front()?;
+        q.waiting.remove(&item);
+        q.working.insert(item.clone());
+        // Another worker may be waiting and there may be more.
+        if !q.order.is_empty() {
+            self.notify.notify_one();
+        }
+        Some(item)
+    }
+
+    /// Marks a taken item as finished; if it was queued meanwhile, it is queued now.
+    pub fn done(&self, item: &T) {
+        let mut q = self.lock();
+        q.working.remove(item);
+        if q.waiting.contains(item) {
+            q.order.push_back(item.clone());
             drop(q);
             self.notify.notify_one();
         }
     }
 
-    /// Takes the oldest item, if any; the caller calls [`WorkQueue::done`] when finished.
-    pub fn try_pop(&self) -> Option<T> {
-        let mut q = self.lock();
-        let item = q.order.pop_front()?;
-        q.waiting.remove(&item);
-        q.in_flight += 1;
-        Some(item)
-    }
-
-    /// Marks one taken item as finished.
-    pub fn done(&self) {
-        let mut q = self.lock();
-        q.in_flight = q.in_flight.saturating_sub(1);
-    }
-
     /// Nothing waits and nothing is being worked.
     pub fn is_idle(&self) -> bool {
         let q = self.lock();
-        q.order.is_empty() && q.in_flight == 0
+        q.waiting.is_empty() && q.working.is_empty()
     }
 
     /// Waits for the next item.
     pub async fn pop(&self) -> T {
         loop {
+            let notified = self.notify.notified();
             if let Some(item) = self.try_pop() {
                 return item;
             }
-            self.notify.notified().await;
+            notified.await;
         }
     }
 
     /// How many items wait.
     pub fn len(&self) -> usize {
-        self.lock().order.len()
+        self.lock().waiting.len()
     }
 
     /// Whether nothing waits.
@@ -103,14 +121,47 @@ mod tests {
         q.push("a");
         assert_eq!(q.len(), 2);
         assert_eq!(q.try_pop(), Some("a"));
-        q.push("a");
+        q.push("c");
         assert_eq!(q.try_pop(), Some("b"));
-        assert_eq!(q.try_pop(), Some("a"));
+        assert_eq!(q.try_pop(), Some("c"));
         assert_eq!(q.try_pop(), None);
         assert!(!q.is_idle(), "three items taken, none done");
-        q.done();
-        q.done();
-        q.done();
+        q.done(&"a");
+        q.done(&"b");
+        q.done(&"c");
         assert!(q.is_idle());
+    }
+
+    #[test]
+    fn an_item_is_never_worked_twice_at_once() {
+        let q = WorkQueue::default();
+        q.push("a");
+        assert_eq!(q.try_pop(), Some("a"));
+        // Changed while being worked: it must wait for the first worker.
+        q.push("a");
+        q.push("a");
+        assert_eq!(q.try_pop(), None, "a second worker must not take it");
+        assert!(!q.is_idle());
+        q.done(&"a");
+        assert_eq!(q.try_pop(), Some("a"), "worked again once, after the first");
+        assert_eq!(q.try_pop(), None);
+        q.done(&"a");
+        assert!(q.is_idle());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_worker_wakes_on_push() {
+        let q = std::sync::Arc::new(WorkQueue::default());
+        let worker = tokio::spawn({
+            let q = q.clone();
+            async move { q.pop().await }
+        });
+        tokio::task::yield_now().await;
+        q.push(7);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), worker)
+            .await
+            .expect("woken")
+            .expect("no panic");
+        assert_eq!(got, 7);
     }
 }

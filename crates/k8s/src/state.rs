@@ -1,27 +1,66 @@
 //! In-memory stores fed by the watches, and the index from each object to the routemaps that
-//! name it. Synchronous and free of I/O, so the index can be tested with plain values.
+//! name it. Synchronous and free of I/O, so the index is tested with plain values.
 //! Stores keep only what the controller reads (no managedFields, no unread metadata).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 
 use iter8_core::availability::Observed;
 use iter8_core::config::Config;
 use iter8_core::render::RoutemapMeta;
-use iter8_core::routemap::Routemap;
+use iter8_core::routemap::{Routemap, RoutemapError};
 use kube::api::DynamicObject;
+use kube::ResourceExt;
 use serde_json::Value;
 
 use crate::keys::{Gvr, ObjectKey, RoutemapKey};
 
 /// The legacy finalizer the original controller put on every watched object.
 pub const LEGACY_FINALIZER: &str = "iter8.tools/finalizer";
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "iter8-controller";
+/// Annotation with the hash of what the controller last applied, so a restart can tell an
+/// unchanged routing object from a stale one without writing.
+pub const APPLIED_HASH_ANNOTATION: &str = "iter8.tools/applied-hash";
 
 /// A routemap as the controller knows it.
 #[derive(Clone, Debug)]
 pub struct RoutemapRecord {
     pub meta: RoutemapMeta,
-    /// The parsed `strSpec`, or why it could not be used.
-    pub spec: Result<Routemap, String>,
+    /// The parsed `strSpec`, or why the controller holds the routemap: it keeps the
+    /// routing objects already applied and does not reconcile them until this changes.
+    pub spec: Result<Routemap, Hold>,
+}
+
+/// Why a known routemap is not reconciled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Its `strSpec` is missing or invalid.
+    Invalid(RoutemapError),
+    /// Its `iter8.tools/version` label is not one the config accepts.
+    UnacceptedVersion {
+        found: Option<String>,
+        accepted: Vec<String>,
+    },
+}
+
+impl fmt::Display for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hold::Invalid(e) => write!(f, "{e}"),
+            Hold::UnacceptedVersion { found, accepted } => {
+                match found {
+                    Some(v) => write!(f, "label iter8.tools/version {v:?} is not accepted")?,
+                    None => write!(f, "label iter8.tools/version is missing")?,
+                }
+                write!(
+                    f,
+                    " (accepted: {}); the routing objects already applied are kept and not reconciled",
+                    accepted.join(", ")
+                )
+            }
+        }
+    }
 }
 
 /// An object that is being deleted and still carries the legacy finalizer.
@@ -29,6 +68,66 @@ pub struct RoutemapRecord {
 pub struct StuckDeletion {
     pub resource_version: String,
     pub finalizers: Vec<String>,
+}
+
+/// A routing object as seen by its watch (every one carries our routing label).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutingObject {
+    /// The object without noisy metadata, for the drift comparison.
+    pub value: Value,
+    pub uid: String,
+    /// The routemap named by its ConfigMap ownerReference (name, uid), if any.
+    pub owner: Option<(String, String)>,
+    /// Whether the controller wrote it: our field manager, our hash annotation. Only such
+    /// objects are ever deleted.
+    pub ours: bool,
+}
+
+impl RoutingObject {
+    /// Reduces a watched routing object to what the controller reads.
+    pub fn observe(obj: &DynamicObject) -> RoutingObject {
+        let owner = obj
+            .owner_references()
+            .iter()
+            .find(|r| r.kind == "ConfigMap" && r.api_version == "v1")
+            .map(|r| (r.name.clone(), r.uid.clone()));
+        let written = obj
+            .managed_fields()
+            .iter()
+            .any(|m| m.manager.as_deref() == Some(FIELD_MANAGER));
+        let hashed = obj.annotations().contains_key(APPLIED_HASH_ANNOTATION);
+        let mut value = serde_json::to_value(obj).unwrap_or(Value::Null);
+        if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+            for noisy in [
+                "managedFields",
+                "resourceVersion",
+                "generation",
+                "creationTimestamp",
+                "uid",
+            ] {
+                meta.remove(noisy);
+            }
+        }
+        if let Some(o) = value.as_object_mut() {
+            o.remove("status");
+        }
+        RoutingObject {
+            value,
+            uid: obj.uid().unwrap_or_default(),
+            owner,
+            ours: written && hashed,
+        }
+    }
+
+    /// Whether routemap `key` (with `uid`, when known) owns it and the controller wrote it.
+    fn owned_by(&self, key: &RoutemapKey, obj: &ObjectKey) -> bool {
+        self.ours
+            && obj.namespace == key.namespace
+            && self
+                .owner
+                .as_ref()
+                .is_some_and(|(name, _)| name == &key.name)
+    }
 }
 
 /// Everything the watches have seen.
@@ -40,8 +139,8 @@ pub struct State {
     index: HashMap<ObjectKey, BTreeSet<RoutemapKey>>,
     /// routemap -> the objects it references (to undo its index entries).
     references: HashMap<RoutemapKey, Vec<ObjectKey>>,
-    /// Live routing objects the controller wrote (trimmed), by their own key.
-    routing: HashMap<ObjectKey, Value>,
+    /// Live routing objects, by their own key.
+    routing: HashMap<ObjectKey, RoutingObject>,
     stuck: HashMap<ObjectKey, StuckDeletion>,
 }
 
@@ -56,25 +155,8 @@ pub fn observe(obj: &DynamicObject) -> Observed {
     }
 }
 
-/// A routing object reduced to what drift detection compares.
-pub fn trim_routing(obj: &DynamicObject) -> Value {
-    let mut v = serde_json::to_value(obj).unwrap_or(Value::Null);
-    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        for noisy in [
-            "managedFields",
-            "resourceVersion",
-            "generation",
-            "creationTimestamp",
-            "uid",
-        ] {
-            meta.remove(noisy);
-        }
-    }
-    if let Some(o) = v.as_object_mut() {
-        o.remove("status");
-    }
-    v
-}
+/// The objects one routemap reads, by `(gvrShort, namespace, name)`.
+pub type Snapshot = HashMap<(String, String, String), Observed>;
 
 impl State {
     /// Records a watched object; returns the routemaps to reconcile if what they read changed.
@@ -103,10 +185,11 @@ impl State {
         gvr: &Gvr,
         objs: &[(ObjectKey, DynamicObject)],
     ) -> Vec<RoutemapKey> {
+        let fresh: BTreeSet<&ObjectKey> = objs.iter().map(|(k, _)| k).collect();
         let gone: Vec<ObjectKey> = self
             .objects
             .keys()
-            .filter(|k| &k.gvr == gvr && !objs.iter().any(|(o, _)| o == *k))
+            .filter(|k| &k.gvr == gvr && !fresh.contains(k))
             .cloned()
             .collect();
         let mut affected: BTreeSet<RoutemapKey> = BTreeSet::new();
@@ -205,9 +288,21 @@ impl State {
         self.routemaps.keys().cloned().collect()
     }
 
-    /// A watched object, if present.
-    pub fn object(&self, key: &ObjectKey) -> Option<Observed> {
-        self.objects.get(key).cloned()
+    /// The objects `routemap` reads, for weighing without holding the lock.
+    pub fn snapshot(&self, routemap: &Routemap, namespace: &str, config: &Config) -> Snapshot {
+        routemap
+            .references(namespace)
+            .into_iter()
+            .filter_map(|(short, ns, name)| {
+                let rt = config.resource_types.get(&short)?;
+                let obj = self.objects.get(&ObjectKey {
+                    gvr: Gvr::of(rt),
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                })?;
+                Some(((short, ns, name), obj.clone()))
+            })
+            .collect()
     }
 
     /// How many objects of each type are watched.
@@ -219,9 +314,14 @@ impl State {
         counts
     }
 
-    /// Records a live routing object.
-    pub fn upsert_routing(&mut self, key: ObjectKey, obj: &DynamicObject) {
-        self.routing.insert(key, trim_routing(obj));
+    /// Records a live routing object; returns whether what the controller reads changed.
+    pub fn upsert_routing(&mut self, key: ObjectKey, obj: &DynamicObject) -> bool {
+        let seen = RoutingObject::observe(obj);
+        if self.routing.get(&key) == Some(&seen) {
+            return false;
+        }
+        self.routing.insert(key, seen);
+        true
     }
 
     /// Forgets a routing object.
@@ -238,29 +338,40 @@ impl State {
     }
 
     /// The live routing object, if seen.
-    pub fn routing(&self, key: &ObjectKey) -> Option<Value> {
+    pub fn routing(&self, key: &ObjectKey) -> Option<RoutingObject> {
         self.routing.get(key).cloned()
     }
 
-    /// Routing objects owned by routemap `owner` (by ownerReference name and namespace).
-    pub fn routing_owned_by(&self, owner: &RoutemapKey) -> Vec<ObjectKey> {
-        let mut owned: Vec<ObjectKey> = self
+    /// Routing objects the controller wrote for routemap `owner` (by the name in their
+    /// ownerReference, in its namespace), sorted.
+    pub fn routing_owned_by(&self, owner: &RoutemapKey) -> Vec<(ObjectKey, RoutingObject)> {
+        let mut owned: Vec<(ObjectKey, RoutingObject)> = self
             .routing
             .iter()
-            .filter(|(k, v)| {
-                k.namespace == owner.namespace
-                    && v["metadata"]["ownerReferences"]
-                        .as_array()
-                        .is_some_and(|refs| {
-                            refs.iter().any(|r| {
-                                r["kind"] == "ConfigMap" && r["name"] == owner.name.as_str()
-                            })
-                        })
-            })
-            .map(|(k, _)| k.clone())
+            .filter(|(k, v)| v.owned_by(owner, k))
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        owned.sort();
+        owned.sort_by(|a, b| a.0.cmp(&b.0));
         owned
+    }
+
+    /// Routemaps that own routing objects the controller wrote but that the routemap store
+    /// does not hold: deleted while no controller ran, or no longer labelled as routemaps.
+    pub fn orphan_owners(&self) -> Vec<RoutemapKey> {
+        let owners: BTreeSet<RoutemapKey> = self
+            .routing
+            .iter()
+            .filter(|(_, v)| v.ours)
+            .filter_map(|(k, v)| {
+                let (name, _) = v.owner.as_ref()?;
+                Some(RoutemapKey {
+                    namespace: k.namespace.clone(),
+                    name: name.clone(),
+                })
+            })
+            .filter(|r| !self.routemaps.contains_key(r))
+            .collect();
+        owners.into_iter().collect()
     }
 }
 
@@ -279,19 +390,4 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn contains_allows_server_defaults_but_not_changes() {
-        let desired = json!({"spec": {"http": [{"route": [{"destination": {"host": "a"}}]}]}});
-        let live = json!({"spec": {"http": [{"route": [{"destination": {"host": "a"}, "weight": 100}]}]}, "status": {}});
-        assert!(contains(&live, &desired));
-        let edited = json!({"spec": {"http": [{"route": [{"destination": {"host": "b"}}]}]}});
-        assert!(!contains(&edited, &desired));
-        let extra_route =
-            json!({"spec": {"http": [{"route": [{"destination": {"host": "a"}}]}, {"route": []}]}});
-        assert!(!contains(&extra_route, &desired));
-    }
-}
+mod tests;

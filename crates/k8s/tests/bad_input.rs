@@ -430,7 +430,7 @@ async fn an_object_of_another_kind_is_refused() {
         &[
             ("secret-as-vs", "vs", secret.into()),
             ("cm-as-vs", "vs", cm.into()),
-            // Same apiVersion as the template's type, other kind.
+            // A type that is not a routing type: refused whatever it renders.
             ("secret-as-cm", "cm", secret.replace("stolen", "stolen-2")),
             (
                 "gateway-as-vs",
@@ -452,7 +452,7 @@ async fn an_object_of_another_kind_is_refused() {
         BAD,
         &[
             "RefusedObject",
-            "kind \"Secret\" is not the template type's \"ConfigMap\"",
+            "routing template secret-as-cm: type \"cm\" (configmaps) is not a routing resource",
         ],
     )
     .await;

@@ -406,25 +406,38 @@ impl ControlPlane {
 /// The processes end with the test binary (see [`process`]'s watchdog).
 pub fn shared() -> Result<&'static ControlPlane> {
     static SHARED: OnceLock<std::result::Result<ControlPlane, String>> = OnceLock::new();
-    SHARED
-        .get_or_init(|| {
-            // Start on a runtime of our own: tests each have theirs, and they come and go.
-            std::thread::spawn(|| {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                rt.block_on(ControlPlane::start(Options {
-                    controller_manager: true,
-                    ..Options::default()
-                }))
-                .map_err(|e| format!("{e:#}"))
-            })
-            .join()
-            .unwrap_or_else(|_| Err("control plane start-up panicked".into()))
+    shared_in(&SHARED, true)
+}
+
+/// Like [`shared`], but without kube-controller-manager: no garbage collector removes what
+/// the controller under test should remove itself.
+pub fn shared_without_gc() -> Result<&'static ControlPlane> {
+    static SHARED: OnceLock<std::result::Result<ControlPlane, String>> = OnceLock::new();
+    shared_in(&SHARED, false)
+}
+
+fn shared_in(
+    cell: &'static OnceLock<std::result::Result<ControlPlane, String>>,
+    controller_manager: bool,
+) -> Result<&'static ControlPlane> {
+    cell.get_or_init(|| {
+        // Start on a runtime of our own: tests each have theirs, and they come and go.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(ControlPlane::start(Options {
+                controller_manager,
+                ..Options::default()
+            }))
+            .map_err(|e| format!("{e:#}"))
         })
-        .as_ref()
-        .map_err(|e| anyhow!("starting the shared control plane failed: {e}"))
+        .join()
+        .unwrap_or_else(|_| Err("control plane start-up panicked".into()))
+    })
+    .as_ref()
+    .map_err(|e| anyhow!("starting the shared control plane failed: {e}"))
 }
 
 /// Where the etcd data with the CRDs installed is cached, keyed by every version it depends on.

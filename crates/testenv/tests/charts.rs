@@ -204,6 +204,10 @@ fn charts_pass_strict_lint() -> Result<()> {
             "charts/controller",
             "testdata/charts/controller-namespaced/values.yaml",
         ),
+        (
+            "charts/controller",
+            "testdata/charts/controller-all-keys/values.yaml",
+        ),
     ] {
         let out = Command::new(&helm)
             .current_dir(&root)
@@ -219,5 +223,139 @@ fn charts_pass_strict_lint() -> Result<()> {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    Ok(())
+}
+
+/// The rendered documents of a `helm template` output.
+fn documents(text: &str) -> Result<Vec<serde_json::Value>> {
+    let mut docs = Vec::new();
+    for de in serde_yaml::Deserializer::from_str(text) {
+        let doc: serde_json::Value = serde::Deserialize::deserialize(de)?;
+        if !doc.is_null() {
+            docs.push(doc);
+        }
+    }
+    Ok(docs)
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The controller chart's config file carries every key the binary reads, and its RBAC
+/// grants writes on exactly the configured types of `routingResources`, reads on every
+/// configured type, and nothing the controller does not call (CRDs, core Events).
+#[test]
+fn controller_config_and_rbac_agree() -> Result<()> {
+    let helm = helm();
+    let mut checked = 0;
+    for case in cases()?
+        .into_iter()
+        .filter(|c| c.name.starts_with("controller") && !c.dir.join("expected-error.txt").exists())
+    {
+        let out = case.template(&helm)?;
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            case.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let docs = documents(&String::from_utf8(out.stdout)?)?;
+        let cm = docs
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap")
+            .context("no ConfigMap")?;
+        let config: serde_json::Value = serde_yaml::from_str(
+            cm["data"]["config.yaml"]
+                .as_str()
+                .context("no config.yaml")?,
+        )?;
+        for key in [
+            "resourceTypes",
+            "defaultResync",
+            "clusterScoped",
+            "routemapVersions",
+            "routingResources",
+        ] {
+            assert!(
+                !config[key].is_null(),
+                "{}: config.yaml lacks {key}:\n{config:#}",
+                case.name
+            );
+        }
+        let routing = strings(&config["routingResources"]);
+        let types = config["resourceTypes"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+
+        let rules: Vec<&serde_json::Value> = docs
+            .iter()
+            .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+            .flat_map(|d| d["rules"].as_array().into_iter().flatten())
+            .collect();
+        let granted = |group: &str, resource: &str, verb: &str| {
+            rules.iter().any(|r| {
+                strings(&r["apiGroups"]).iter().any(|g| g == group)
+                    && strings(&r["resources"]).iter().any(|x| x == resource)
+                    && strings(&r["verbs"]).iter().any(|v| v == verb)
+            })
+        };
+        for (short, t) in &types {
+            let group = t["Group"].as_str().unwrap_or_default();
+            let resource = t["Resource"].as_str().unwrap_or_default();
+            for verb in ["list", "watch", "patch"] {
+                assert!(
+                    granted(group, resource, verb),
+                    "{}: {short}: no {verb}",
+                    case.name
+                );
+            }
+            let writes = routing.iter().any(|r| r == resource);
+            for verb in ["create", "delete"] {
+                assert_eq!(
+                    granted(group, resource, verb),
+                    writes,
+                    "{}: {short}: {verb} granted iff {resource} is in routingResources {routing:?}",
+                    case.name
+                );
+            }
+        }
+        for r in &rules {
+            let resources = strings(&r["resources"]);
+            assert!(
+                !resources.iter().any(|x| x == "customresourcedefinitions"),
+                "{}: nothing reads CRDs: {r}",
+                case.name
+            );
+            assert!(
+                !(strings(&r["apiGroups"]).iter().any(|g| g.is_empty())
+                    && resources.iter().any(|x| x == "events")),
+                "{}: core Events are not used: {r}",
+                case.name
+            );
+            assert!(
+                !strings(&r["verbs"])
+                    .iter()
+                    .any(|v| v == "*" || v == "update")
+                    || resources == ["leases"],
+                "{}: only Leases are updated: {r}",
+                case.name
+            );
+        }
+        assert!(
+            granted("events.k8s.io", "events", "create"),
+            "{}",
+            case.name
+        );
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} controller cases checked");
     Ok(())
 }

@@ -1,0 +1,289 @@
+//! The one applier: every write the controller makes goes through here (server-side apply of
+//! routing objects, pruning and cleanup deletes, legacy finalizer removal, Events). It owns
+//! kind resolution, ownership stamping, the no-op and drift comparison, leadership checks and
+//! write metrics. It reads nothing but discovery and what the caller hands in.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::core::GroupVersion;
+use kube::Client;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiFailure, Error};
+use crate::events::Recorder;
+use crate::keys::{Gvr, ObjectKey, RoutemapKey};
+use crate::lease::Leadership;
+use crate::metrics::Metrics;
+use crate::plan::{Desired, Note, Severity};
+use crate::state::{contains, RoutingObject, APPLIED_HASH_ANNOTATION, FIELD_MANAGER};
+
+/// Label the controller puts on the routing objects it writes, so it can watch them.
+pub const ROUTING_LABEL: &str = "iter8.tools/routing";
+
+/// What an apply did.
+#[derive(Debug)]
+pub enum Applied {
+    /// The live object already says everything desired: no request was made.
+    Unchanged,
+    /// Written; `created` when there was no live object.
+    Written {
+        object: Box<DynamicObject>,
+        created: bool,
+    },
+}
+
+/// The single writer.
+pub struct Applier {
+    client: Client,
+    leadership: Leadership,
+    metrics: Arc<Metrics>,
+    events: Recorder,
+    kinds: Mutex<HashMap<Gvr, String>>,
+}
+
+impl Applier {
+    pub fn new(
+        client: Client,
+        leadership: Leadership,
+        instance: Option<String>,
+        metrics: Arc<Metrics>,
+    ) -> Applier {
+        let instance = instance.unwrap_or_else(|| FIELD_MANAGER.into());
+        Applier {
+            events: Recorder::new(client.clone(), FIELD_MANAGER, &instance),
+            client,
+            leadership,
+            metrics,
+            kinds: Mutex::default(),
+        }
+    }
+
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
+    fn check_leader(&self) -> Result<(), Error> {
+        if self.leadership.is_leader() {
+            Ok(())
+        } else {
+            self.metrics.not_leader.inc();
+            Err(Error::NotLeader)
+        }
+    }
+
+    /// The kind of a resource type, from discovery (cached once found).
+    pub async fn kind_of(&self, gvr: &Gvr) -> Result<String, Error> {
+        if let Some(k) = lock(&self.kinds).get(gvr) {
+            return Ok(k.clone());
+        }
+        let gv = GroupVersion::gv(&gvr.group, &gvr.version);
+        let group = match kube::discovery::pinned_group(&self.client, &gv).await {
+            Ok(g) => g,
+            Err(e) if ApiFailure::of(&e) == ApiFailure::NotFound => {
+                return Err(Error::NotServed(gvr.clone()))
+            }
+            Err(e) => return Err(Error::api(format!("discover {}", gvr.api_version()), e)),
+        };
+        let kind = group
+            .versioned_resources(&gvr.version)
+            .into_iter()
+            .find(|(ar, _)| ar.plural == gvr.resource)
+            .map(|(ar, _)| ar.kind)
+            .ok_or_else(|| Error::NotServed(gvr.clone()))?;
+        lock(&self.kinds).insert(gvr.clone(), kind.clone());
+        Ok(kind)
+    }
+
+    /// Server-side applies a planned object (force, field manager `iter8-controller`), owned
+    /// by the routemap, labelled for the routing watch and stamped with the hash of its
+    /// content; makes no request when `live` already holds it.
+    pub async fn apply(
+        &self,
+        routemap: &RoutemapKey,
+        uid: &str,
+        desired: &Desired,
+        live: Option<&RoutingObject>,
+    ) -> Result<Applied, Error> {
+        let object = with_ownership(desired.object.clone(), routemap, uid);
+        if let Some(live) = live {
+            if live.value["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
+                == object["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
+                && contains(&live.value, &object)
+            {
+                self.metrics.apply("unchanged");
+                return Ok(Applied::Unchanged);
+            }
+        }
+        self.check_leader()?;
+        let target = &desired.target;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &target.namespace,
+            &target.gvr.api_resource(&desired.kind),
+        );
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch(&target.name, &pp, &Patch::Apply(&object)).await {
+            Ok(obj) => {
+                self.metrics.apply("applied");
+                Ok(Applied::Written {
+                    object: Box::new(obj),
+                    created: live.is_none(),
+                })
+            }
+            Err(e) => {
+                self.metrics.apply("failed");
+                Err(Error::api(
+                    format!(
+                        "apply {} {}/{}",
+                        desired.kind, target.namespace, target.name
+                    ),
+                    e,
+                ))
+            }
+        }
+    }
+
+    /// Deletes a routing object the controller wrote, and only that incarnation of it (a uid
+    /// precondition). Already gone counts as done.
+    pub async fn delete(&self, key: &ObjectKey, seen: &RoutingObject) -> Result<(), Error> {
+        if !seen.ours {
+            // The stores only offer our objects; this guards the rule where it matters.
+            return Ok(());
+        }
+        self.check_leader()?;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &key.namespace,
+            &key.gvr.api_resource(""),
+        );
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(seen.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&key.name, &dp).await {
+            Ok(_) => {
+                self.metrics.deletes.inc();
+                Ok(())
+            }
+            Err(e) => match ApiFailure::of(&e) {
+                ApiFailure::NotFound => Ok(()),
+                // The uid differs: someone replaced the object; it is not ours to delete.
+                ApiFailure::Conflict => Ok(()),
+                _ => Err(Error::api(format!("delete {key}"), e)),
+            },
+        }
+    }
+
+    /// Removes the legacy finalizer from a deleting object, guarded by its resourceVersion so a
+    /// concurrent change of the finalizer list is never overwritten.
+    pub async fn remove_finalizer(
+        &self,
+        key: &ObjectKey,
+        resource_version: &str,
+        finalizers: &[String],
+        legacy: &str,
+    ) -> Result<(), Error> {
+        self.check_leader()?;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &key.namespace,
+            &key.gvr.api_resource(""),
+        );
+        let keep: Vec<&String> = finalizers.iter().filter(|f| *f != legacy).collect();
+        let patch = json!({"metadata": {"finalizers": keep, "resourceVersion": resource_version}});
+        match api
+            .patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.metrics.finalizers_removed.inc();
+                Ok(())
+            }
+            Err(e) if ApiFailure::of(&e) == ApiFailure::NotFound => Ok(()),
+            Err(e) => Err(Error::api(
+                format!("remove finalizer {legacy} from {key}"),
+                e,
+            )),
+        }
+    }
+
+    /// Reports about one subject of a routemap: publishes the note as an Event when it is
+    /// news, or forgets the last one when the subject is fine. Counts the error metric and
+    /// logs each new Warning.
+    pub async fn report(
+        &self,
+        routemap: &RoutemapKey,
+        uid: &str,
+        subject: &str,
+        note: Option<&Note>,
+    ) -> Result<(), Error> {
+        let Some(note) = note else {
+            self.events.clear(routemap, subject);
+            return Ok(());
+        };
+        if !self.events.is_news(routemap, subject, note) {
+            return Ok(());
+        }
+        if note.severity == Severity::Warning {
+            if let Some(category) = note.category {
+                self.metrics.error(category);
+            }
+            tracing::warn!(routemap = %routemap, reason = note.reason, "{}", note.text);
+        }
+        if !self.leadership.is_leader() {
+            return Ok(());
+        }
+        if self.events.publish(routemap, uid, subject, note).await? {
+            let t = match note.severity {
+                Severity::Normal => "Normal",
+                Severity::Warning => "Warning",
+            };
+            self.metrics
+                .events
+                .get_or_create(&vec![("type", t.to_string())])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Forgets the Events of a deleted routemap.
+    pub fn forget(&self, routemap: &RoutemapKey) {
+        self.events.forget(routemap);
+    }
+}
+
+/// The desired routing object: owned by the routemap (so garbage collection removes it with
+/// the routemap), labelled for our routing watch, and stamped with the hash of its content.
+pub fn with_ownership(mut obj: Value, key: &RoutemapKey, uid: &str) -> Value {
+    let hash = {
+        let canonical = serde_json::to_string(&obj).unwrap_or_default();
+        let digest = Sha256::digest(canonical.as_bytes());
+        digest[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let meta = &mut obj["metadata"];
+    meta["ownerReferences"] = json!([{
+        "apiVersion": "v1", "kind": "ConfigMap", "name": key.name, "uid": uid,
+    }]);
+    if !meta["labels"].is_object() {
+        meta["labels"] = json!({});
+    }
+    meta["labels"][ROUTING_LABEL] = json!("true");
+    if !meta["annotations"].is_object() {
+        meta["annotations"] = json!({});
+    }
+    meta["annotations"][APPLIED_HASH_ANNOTATION] = json!(hash);
+    obj
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

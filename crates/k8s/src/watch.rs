@@ -1,0 +1,107 @@
+//! The one list-watch loop every store is fed by (application objects, routemaps, routing
+//! objects): it buffers a (re)list into one [`Change::Relisted`], reports each watch's state to
+//! the [`SyncTracker`], relists at once after a 410, and backs off with jitter on other errors.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::{StreamExt, TryStreamExt};
+use kube::api::Api;
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::Resource;
+use serde::de::DeserializeOwned;
+
+use crate::error::{describe_watch, ApiFailure};
+use crate::metrics::Metrics;
+use crate::sync::{SyncTracker, WatchId, WatchState};
+
+/// What a store learns from its watch.
+#[derive(Debug)]
+pub enum Change<K> {
+    /// A complete list: everything else of this watch is gone.
+    Relisted(Vec<K>),
+    /// An object was created or changed.
+    Applied(K),
+    /// An object was deleted, or no longer matches the watch's label selector.
+    Deleted(K),
+}
+
+/// Backoff between failed watch attempts: 250 ms doubling to at most 10 s, with jitter.
+pub fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(10))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Runs a watch forever, handing every change to `apply`.
+pub async fn run<K, F>(
+    api: Api<K>,
+    config: watcher::Config,
+    id: WatchId,
+    sync: Arc<SyncTracker>,
+    metrics: Arc<Metrics>,
+    mut apply: F,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    F: FnMut(Change<K>) + Send,
+{
+    let mut stream = watcher(api, config).boxed();
+    let mut buffer: Vec<K> = Vec::new();
+    let mut delays = backoff();
+    let mut last_error: Option<String> = None;
+    loop {
+        match stream.try_next().await {
+            Ok(Some(event)) => match event {
+                Event::Init => buffer.clear(),
+                Event::InitApply(o) => buffer.push(o),
+                Event::InitDone => {
+                    apply(Change::Relisted(std::mem::take(&mut buffer)));
+                    sync.set(id.clone(), WatchState::Listed);
+                    delays = backoff();
+                    if last_error.take().is_some() {
+                        tracing::info!(watch = %id, "watch listed again");
+                    }
+                }
+                Event::Apply(o) => apply(Change::Applied(o)),
+                Event::Delete(o) => apply(Change::Deleted(o)),
+            },
+            // The watcher stream never ends; if it did, there is nothing left to watch.
+            Ok(None) => return,
+            Err(e) => {
+                metrics.watch_restarts.inc();
+                let failure = ApiFailure::of_watch(&e);
+                let why = describe_watch(&e);
+                if failure == ApiFailure::Gone {
+                    // The watcher has dropped its resourceVersion and relists on the next
+                    // poll: nothing to wait for.
+                    tracing::debug!(watch = %id, error = %why, "resource version expired; relisting");
+                    continue;
+                }
+                let state = match failure {
+                    // The type is not served (CRD missing) or RBAC forbids it: count it as
+                    // complete so it does not hold up the rest, keeping what the store has
+                    // (a passing RBAC change must not make ready versions look absent); keep
+                    // retrying, so it is watched as soon as it can be.
+                    ApiFailure::NotFound | ApiFailure::Forbidden => {
+                        WatchState::Unavailable(why.clone())
+                    }
+                    _ => WatchState::Failing(why.clone()),
+                };
+                // A changed error is logged once, not at every attempt.
+                if last_error.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(watch = %id, error = %why, "watch failed; retrying with backoff");
+                    last_error = Some(why);
+                }
+                sync.set(id.clone(), state);
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
