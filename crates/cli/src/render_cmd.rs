@@ -18,7 +18,7 @@ pub struct RenderArgs {
     routemap: PathBuf,
     /// Files with the version objects (InferenceServices, Deployments, ...), with their
     /// status; several YAML documents per file are fine. Missing objects count as not ready;
-    /// an object of no configured resource type is an error.
+    /// an object of no configured resource type is ignored with a warning.
     #[arg(long = "objects", short = 'f')]
     objects: Vec<PathBuf>,
     /// Controller config file (defaults to the built-in resource types).
@@ -204,12 +204,14 @@ fn load_objects(
                 let configured: Vec<&str> =
                     config.resource_types.keys().map(String::as_str).collect();
                 let resource = plural_of(group, kind).unwrap_or_default();
-                bail!(
-                    "{}: {kind} {ns}/{name} (apiVersion {api_version:?}, resource \
-                     {resource:?}) matches no configured resource type (configured: {})",
+                // Files from `kubectl get all` hold Pods and ReplicaSets too: say so, go on.
+                eprintln!(
+                    "warning: {}: {kind} {ns}/{name} (apiVersion {api_version:?}, resource \
+                     {resource:?}) matches no configured resource type (configured: {}); ignored",
                     path.display(),
                     configured.join(", ")
                 );
+                continue;
             }
             let observed = Observed {
                 generation: obj["metadata"]["generation"].as_i64(),
