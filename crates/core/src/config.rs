@@ -193,11 +193,16 @@ impl Config {
     /// The configured types routing templates may write, by short name: those whose
     /// resource is listed in [`Config::routing_resources`].
     pub fn routing_types(&self) -> impl Iterator<Item = (&String, &ResourceType)> {
-        self.resource_types.iter().filter(|(_, rt)| {
-            self.routing_resources
-                .iter()
-                .any(|r| r.eq_ignore_ascii_case(&rt.resource))
-        })
+        self.resource_types
+            .iter()
+            .filter(|(_, rt)| self.is_routing(rt))
+    }
+
+    /// Whether routing templates may write objects of `rt`.
+    pub fn is_routing(&self, rt: &ResourceType) -> bool {
+        self.routing_resources
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(&rt.resource))
     }
 
     /// Parses a config file's text. Missing keys take their defaults; a present

@@ -23,6 +23,15 @@ use crate::state::{contains, RoutingObject, APPLIED_HASH_ANNOTATION, FIELD_MANAG
 /// Label the controller puts on the routing objects it writes, so it can watch them.
 pub const ROUTING_LABEL: &str = "iter8.tools/routing";
 
+/// What a delete did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deleted {
+    /// Deleted, or already gone.
+    Deleted,
+    /// Left alone: not written by the controller, or replaced since it was seen.
+    NotOurs,
+}
+
 /// What an apply did.
 #[derive(Debug)]
 pub enum Applied {
@@ -133,6 +142,12 @@ impl Applier {
                     created: live.is_none(),
                 })
             }
+            // The type is gone (CRD removed): forget its kind, retry as not served.
+            Err(e) if ApiFailure::of(&e) == ApiFailure::NotFound => {
+                self.metrics.apply("failed");
+                lock(&self.kinds).remove(&target.gvr);
+                Err(Error::NotServed(target.gvr.clone()))
+            }
             Err(e) => {
                 self.metrics.apply("failed");
                 Err(Error::api(
@@ -147,11 +162,11 @@ impl Applier {
     }
 
     /// Deletes a routing object the controller wrote, and only that incarnation of it (a uid
-    /// precondition). Already gone counts as done.
-    pub async fn delete(&self, key: &ObjectKey, seen: &RoutingObject) -> Result<(), Error> {
+    /// precondition). Already gone counts as deleted.
+    pub async fn delete(&self, key: &ObjectKey, seen: &RoutingObject) -> Result<Deleted, Error> {
         if !seen.ours {
             // The stores only offer our objects; this guards the rule where it matters.
-            return Ok(());
+            return Ok(Deleted::NotOurs);
         }
         self.check_leader()?;
         let api: Api<DynamicObject> = Api::namespaced_with(
@@ -169,12 +184,13 @@ impl Applier {
         match api.delete(&key.name, &dp).await {
             Ok(_) => {
                 self.metrics.deletes.inc();
-                Ok(())
+                Ok(Deleted::Deleted)
             }
             Err(e) => match ApiFailure::of(&e) {
-                ApiFailure::NotFound => Ok(()),
-                // The uid differs: someone replaced the object; it is not ours to delete.
-                ApiFailure::Conflict => Ok(()),
+                ApiFailure::NotFound => Ok(Deleted::Deleted),
+                // The uid differs: someone replaced the object; it is not ours to delete, and
+                // the watch brings the new one.
+                ApiFailure::Conflict => Ok(Deleted::NotOurs),
                 _ => Err(Error::api(format!("delete {key}"), e)),
             },
         }
@@ -215,7 +231,7 @@ impl Applier {
 
     /// Reports about one subject of a routemap: publishes the note as an Event when it is
     /// news, or forgets the last one when the subject is fine. Counts the error metric and
-    /// logs each new Warning.
+    /// logs each new Warning once.
     pub async fn report(
         &self,
         routemap: &RoutemapKey,
@@ -227,29 +243,40 @@ impl Applier {
             self.events.clear(routemap, subject);
             return Ok(());
         };
-        if !self.events.is_news(routemap, subject, note) {
-            return Ok(());
-        }
-        if note.severity == Severity::Warning {
+        if self.events.is_news(routemap, subject, note) && note.severity == Severity::Warning {
             if let Some(category) = note.category {
                 self.metrics.error(category);
             }
             tracing::warn!(routemap = %routemap, reason = note.reason, "{}", note.text);
         }
-        if !self.leadership.is_leader() {
-            return Ok(());
-        }
+        self.check_leader()?;
         if self.events.publish(routemap, uid, subject, note).await? {
-            let t = match note.severity {
-                Severity::Normal => "Normal",
-                Severity::Warning => "Warning",
-            };
-            self.metrics
-                .events
-                .get_or_create(&vec![("type", t.to_string())])
-                .inc();
+            self.count_event(note.severity, 1);
         }
         Ok(())
+    }
+
+    /// Publishes the Events of `routemap` that failed before.
+    pub async fn flush_events(&self, routemap: &RoutemapKey, uid: &str) -> Result<(), Error> {
+        self.check_leader()?;
+        let written = self.events.flush(routemap, uid).await?;
+        // The outbox mixes types; what matters for the metric is that writes happened.
+        self.count_event(Severity::Normal, written);
+        Ok(())
+    }
+
+    fn count_event(&self, severity: Severity, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let t = match severity {
+            Severity::Normal => "Normal",
+            Severity::Warning => "Warning",
+        };
+        self.metrics
+            .events
+            .get_or_create(&vec![("type", t.to_string())])
+            .inc_by(n as u64);
     }
 
     /// Forgets the Events of a deleted routemap.

@@ -16,15 +16,15 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 
-use crate::applier::{Applied, Applier, ROUTING_LABEL};
+use crate::applier::{Applied, Applier, Deleted, ROUTING_LABEL};
 use crate::error::Error;
 use crate::keys::{Gvr, ObjectKey, RoutemapKey};
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use crate::plan::{self, template_subject, Inputs, Note, Plan, Report};
 use crate::queue::WorkQueue;
-use crate::state::{Hold, RoutemapRecord, RoutingObject, State, LEGACY_FINALIZER};
-use crate::sync::{SyncTracker, WatchId};
+use crate::state::{routemap_owner, Hold, RoutemapRecord, RoutingObject, State, LEGACY_FINALIZER};
+use crate::sync::{SyncTracker, WatchId, WatchState};
 use crate::watch::{self, Change};
 
 /// Label selecting the application objects the controller watches.
@@ -281,8 +281,17 @@ impl Controller {
         let keyed = |o: DynamicObject| (object_key(gvr, &o), o);
         match change {
             Change::Relisted(objs) => {
+                // Listed again after failing or being forbidden: routemaps held meanwhile
+                // are reconciled even if what the store holds did not change.
+                let recovered = matches!(
+                    self.sync.state(&WatchId::Objects(gvr.clone())),
+                    Some(WatchState::Failing(_) | WatchState::Forbidden(_))
+                );
                 let objs: Vec<_> = objs.into_iter().map(keyed).collect();
                 let affected = self.lock_state().replace_type(gvr, &objs);
+                if recovered {
+                    self.enqueue_all();
+                }
                 self.enqueue(affected);
                 self.enqueue_stuck(&objs);
             }
@@ -424,6 +433,7 @@ impl Controller {
     async fn work(self: &Arc<Self>, item: &Work) {
         if !self.leadership().is_leader() {
             // Standbys keep their stores warm and write nothing; a new leader resyncs.
+            self.schedule_retry(item, false);
             return;
         }
         let retry = match item {
@@ -487,6 +497,34 @@ impl Controller {
             }
         };
 
+        // A type it reads that RBAC forbids leaves a store that may be empty or stale: routing
+        // written from it could drop ready versions. Keep what is live until it can be read.
+        let forbidden: Vec<String> = rm
+            .references(&key.namespace)
+            .iter()
+            .filter_map(|(short, _, _)| self.config.resource_types.get(short))
+            .map(|rt| WatchId::Objects(Gvr::of(rt)))
+            .filter_map(|id| match self.sync.state(&id) {
+                Some(WatchState::Forbidden(why)) => Some(format!("{id}: {why}")),
+                _ => None,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if !forbidden.is_empty() {
+            let note = Note::warning(
+                "ResourceProblem",
+                "resource",
+                format!(
+                    "cannot watch {}; the routing already applied is kept until it can",
+                    forbidden.join("; ")
+                ),
+            );
+            return self
+                .publish(key, &uid, vec![Report::about("resources", note)])
+                .await;
+        }
+
         // Load: the kinds of the routing types it uses, and what the stores hold.
         let mut kinds = HashMap::new();
         for gvr in plan::routing_types_used(rm, &self.config) {
@@ -531,9 +569,12 @@ impl Controller {
             mut reports,
             mut retry,
         } = plan;
+        let mut all_applied = true;
         for desired in &apply {
             let subject = template_subject(&desired.template);
             let target = &desired.target;
+            // Written again: a later prune of it is news again.
+            reports.push(Report::fine(prune_subject(target)));
             let live = self.lock_state().routing(target);
             let started = Instant::now();
             match self.applier.apply(key, uid, desired, live.as_ref()).await {
@@ -556,6 +597,7 @@ impl Controller {
                 }
                 Err(Error::NotLeader) => return false,
                 Err(e) => {
+                    all_applied = false;
                     let transient = e.is_transient();
                     retry |= transient;
                     let (reason, category) = if transient {
@@ -574,15 +616,17 @@ impl Controller {
                 }
             }
         }
+        // Pruned only once every rendered object is in place: a renamed template whose new
+        // object the API server refused keeps the old one serving.
+        let prune = if all_applied { prune } else { Vec::new() };
         for (target, seen) in &prune {
-            let subject = format!("prune {target} {}", seen.uid);
             let kind = seen.value["kind"].as_str().unwrap_or("object");
             match self.applier.delete(target, seen).await {
-                Ok(()) => {
+                Ok(Deleted::Deleted) => {
                     self.lock_state().remove_routing(target);
                     tracing::info!(routemap = %key, object = %target, "deleted routing object no template renders any more");
                     reports.push(Report::about(
-                        subject,
+                        prune_subject(target),
                         Note::normal(
                             "Deleted",
                             format!(
@@ -592,12 +636,14 @@ impl Controller {
                         ),
                     ));
                 }
+                Ok(Deleted::NotOurs) => {}
                 Err(Error::NotLeader) => return false,
+                // Retried with backoff whatever the cause: cleanup must not depend on the
+                // garbage collector.
                 Err(e) => {
-                    self.metrics.error("delete");
                     retry = true;
                     reports.push(Report::about(
-                        subject,
+                        prune_subject(target),
                         Note::warning("DeleteFailed", "delete", e.to_string()),
                     ));
                 }
@@ -606,26 +652,30 @@ impl Controller {
         self.publish(key, uid, reports).await || retry
     }
 
-    /// Publishes the reports of one reconcile, in one place. Returns whether one failed
-    /// (it is retried: a failed publish is not remembered as sent).
+    /// Publishes the reports of one reconcile, in one place, after whatever failed to go out
+    /// before. Returns whether to retry (a transient failure; any failed note stays in the
+    /// outbox for the next reconcile).
     async fn publish(&self, key: &RoutemapKey, uid: &str, reports: Vec<Report>) -> bool {
-        let mut failed = false;
+        let mut results = vec![self.applier.flush_events(key, uid).await];
         for r in reports {
-            match self
-                .applier
-                .report(key, uid, &r.subject, r.note.as_ref())
-                .await
-            {
-                Ok(()) => {}
-                Err(Error::NotLeader) => return false,
+            results.push(
+                self.applier
+                    .report(key, uid, &r.subject, r.note.as_ref())
+                    .await,
+            );
+        }
+        let mut retry = false;
+        for result in results {
+            match result {
+                Ok(()) | Err(Error::NotLeader) => {}
                 Err(e) => {
                     self.metrics.error("event");
-                    tracing::warn!(routemap = %key, error = %e, "failed to publish event; will retry");
-                    failed = true;
+                    tracing::warn!(routemap = %key, error = %e, "failed to publish an Event");
+                    retry |= e.is_transient();
                 }
             }
         }
-        failed
+        retry
     }
 
     /// The routemap is not in the store: if its ConfigMap is really gone, delete the routing
@@ -649,10 +699,8 @@ impl Controller {
         };
         let (stale, kept): (Vec<_>, Vec<_>) = match &live {
             None => (owned, Vec::new()),
-            Some(cm) if is_routemap(cm) => {
-                // Not listed yet: the watch brings it.
-                return false;
-            }
+            // Not listed yet: the watch brings it.
+            Some(cm) if is_routemap(cm) => return false,
             // Objects of an earlier ConfigMap of this name are stale; this one's are kept.
             Some(cm) => {
                 let uid = cm.uid().unwrap_or_default();
@@ -672,20 +720,22 @@ impl Controller {
                     describe_objects(&kept)
                 ),
             );
-            retry |= self
-                .publish(
-                    key,
-                    &cm.uid().unwrap_or_default(),
-                    vec![Report::about("routemap", note)],
-                )
-                .await;
+            self.publish(
+                key,
+                &cm.uid().unwrap_or_default(),
+                vec![Report::about("routemap", note)],
+            )
+            .await;
+            // Outside the routemap watch, its deletion would go unseen: look again later.
+            retry = true;
         }
         for (target, seen) in &stale {
             match self.applier.delete(target, seen).await {
-                Ok(()) => {
+                Ok(Deleted::Deleted) => {
                     self.lock_state().remove_routing(target);
                     tracing::info!(routemap = %key, object = %target, "deleted routing object of deleted routemap");
                 }
+                Ok(Deleted::NotOurs) => {}
                 Err(Error::NotLeader) => return false,
                 // Any failure is retried with backoff, a forbidden one too: cleanup must not
                 // depend on the garbage collector.
@@ -743,6 +793,11 @@ fn retry_backoff() -> impl Iterator<Item = Duration> + Send {
         .build()
 }
 
+/// The Event subject of pruning one object.
+fn prune_subject(target: &ObjectKey) -> String {
+    format!("prune {target}")
+}
+
 fn describe_objects(objs: &[(ObjectKey, RoutingObject)]) -> String {
     objs.iter()
         .map(|(k, o)| {
@@ -778,11 +833,8 @@ fn routemap_key(cm: &ConfigMap) -> RoutemapKey {
 
 /// The routemap named by a routing object's ConfigMap ownerReference.
 fn owner_key(obj: &DynamicObject) -> Option<RoutemapKey> {
-    obj.owner_references()
-        .iter()
-        .find(|r| r.kind == "ConfigMap")
-        .map(|r| RoutemapKey {
-            namespace: obj.namespace().unwrap_or_default(),
-            name: r.name.clone(),
-        })
+    routemap_owner(obj).map(|r| RoutemapKey {
+        namespace: obj.namespace().unwrap_or_default(),
+        name: r.name.clone(),
+    })
 }

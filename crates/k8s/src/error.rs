@@ -103,15 +103,6 @@ impl Error {
         }
     }
 
-    /// Static category for metrics.
-    pub fn category(&self) -> &'static str {
-        match self {
-            Error::NotLeader => "not_leader",
-            Error::Api { .. } => "api",
-            Error::NotServed(_) => "not_served",
-        }
-    }
-
     /// Whether retrying later can help without anyone changing anything. A type that is
     /// not served yet may be installed later, so it counts as transient.
     pub fn is_transient(&self) -> bool {

@@ -1,7 +1,8 @@
 //! Events on routemaps, owned by the [`crate::applier::Applier`] (nothing else writes). An
 //! Event is published once per change of what is said about a subject; the same Event again
 //! within a few minutes extends the existing object as a series. A failed publish is not
-//! remembered as sent, so the next reconcile publishes it again.
+//! remembered as sent: it waits in an outbox and goes out at the routemap's next reconcile
+//! (news such as `Applied` even when the reconcile itself has nothing new to say).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -48,6 +49,8 @@ pub struct Recorder {
     published: Mutex<HashMap<SeriesKey, Published>>,
     /// Last note per (routemap, subject): an identical one is not published again.
     last: Mutex<HashMap<(RoutemapKey, String), Note>>,
+    /// Notes whose publish failed, per (routemap, subject), until sent or superseded.
+    outbox: Mutex<HashMap<(RoutemapKey, String), Note>>,
 }
 
 impl Recorder {
@@ -58,16 +61,20 @@ impl Recorder {
             instance: instance.to_string(),
             published: Mutex::default(),
             last: Mutex::default(),
+            outbox: Mutex::default(),
         }
     }
 
-    /// Whether `note` is news for the subject (it differs from the last one published).
+    /// Whether `note` is news for the subject: it differs from the last one published and
+    /// is not already waiting in the outbox (so it is logged and counted once).
     pub fn is_news(&self, routemap: &RoutemapKey, subject: &str, note: &Note) -> bool {
-        lock(&self.last).get(&(routemap.clone(), subject.to_string())) != Some(note)
+        let key = (routemap.clone(), subject.to_string());
+        lock(&self.last).get(&key) != Some(note) && lock(&self.outbox).get(&key) != Some(note)
     }
 
-    /// Publishes `note` about `subject` unless it was the last thing said about it.
-    /// Returns whether an Event was written.
+    /// Publishes `note` about `subject` unless it was the last thing said about it; it
+    /// supersedes whatever waits in the outbox for the subject. Returns whether an Event was
+    /// written.
     pub async fn publish(
         &self,
         routemap: &RoutemapKey,
@@ -75,24 +82,53 @@ impl Recorder {
         subject: &str,
         note: &Note,
     ) -> Result<bool, Error> {
-        if !self.is_news(routemap, subject, note) {
+        let key = (routemap.clone(), subject.to_string());
+        lock(&self.outbox).remove(&key);
+        if lock(&self.last).get(&key) == Some(note) {
             return Ok(false);
         }
-        self.write(routemap, uid, note).await?;
-        // Remembered only once written: a failed publish is retried.
-        lock(&self.last).insert((routemap.clone(), subject.to_string()), note.clone());
+        if let Err(e) = self.write(routemap, uid, note).await {
+            // Not remembered as sent: it goes out at the next attempt.
+            lock(&self.outbox).insert(key, note.clone());
+            return Err(e);
+        }
+        lock(&self.last).insert(key, note.clone());
         Ok(true)
     }
 
+    /// Publishes what waits in the outbox for `routemap`. Returns how many were written.
+    pub async fn flush(&self, routemap: &RoutemapKey, uid: &str) -> Result<usize, Error> {
+        let due: Vec<(String, Note)> = lock(&self.outbox)
+            .iter()
+            .filter(|((k, _), _)| k == routemap)
+            .map(|((_, subject), note)| (subject.clone(), note.clone()))
+            .collect();
+        let mut written = 0;
+        for (subject, note) in due {
+            written += usize::from(self.publish(routemap, uid, &subject, &note).await?);
+        }
+        Ok(written)
+    }
+
     /// Forgets the last note about `subject`, which is fine now: the same note is
-    /// published again if the problem comes back.
+    /// published again if the problem comes back. A Warning waiting in the outbox no longer
+    /// holds and is dropped; news (`Applied`, `Deleted`) still goes out.
     pub fn clear(&self, routemap: &RoutemapKey, subject: &str) {
-        lock(&self.last).remove(&(routemap.clone(), subject.to_string()));
+        let key = (routemap.clone(), subject.to_string());
+        lock(&self.last).remove(&key);
+        let mut outbox = lock(&self.outbox);
+        if outbox
+            .get(&key)
+            .is_some_and(|n| n.severity == Severity::Warning)
+        {
+            outbox.remove(&key);
+        }
     }
 
     /// Forgets everything about a deleted routemap.
     pub fn forget(&self, routemap: &RoutemapKey) {
         lock(&self.last).retain(|(k, _), _| k != routemap);
+        lock(&self.outbox).retain(|(k, _), _| k != routemap);
         lock(&self.published).retain(|(k, ..), _| k != routemap);
     }
 

@@ -267,11 +267,7 @@ fn target(
             "gvrShort {gvr_short:?} is not a configured resource type"
         )));
     };
-    if !config
-        .routing_resources
-        .iter()
-        .any(|r| r.eq_ignore_ascii_case(&rt.resource))
-    {
+    if !config.is_routing(rt) {
         return Err(refuse(format!(
             "type {gvr_short:?} ({}) is not a routing resource; routing templates may write only {}",
             rt.resource,
@@ -305,12 +301,7 @@ pub fn routing_types_used(routemap: &Routemap, config: &Config) -> BTreeSet<Gvr>
         .routing_templates
         .values()
         .filter_map(|t| config.resource_types.get(&t.gvr_short))
-        .filter(|rt| {
-            config
-                .routing_resources
-                .iter()
-                .any(|r| r.eq_ignore_ascii_case(&rt.resource))
-        })
+        .filter(|rt| config.is_routing(rt))
         .map(Gvr::of)
         .collect()
 }

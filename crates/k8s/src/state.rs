@@ -86,11 +86,7 @@ pub struct RoutingObject {
 impl RoutingObject {
     /// Reduces a watched routing object to what the controller reads.
     pub fn observe(obj: &DynamicObject) -> RoutingObject {
-        let owner = obj
-            .owner_references()
-            .iter()
-            .find(|r| r.kind == "ConfigMap" && r.api_version == "v1")
-            .map(|r| (r.name.clone(), r.uid.clone()));
+        let owner = routemap_owner(obj).map(|r| (r.name.clone(), r.uid.clone()));
         let written = obj
             .managed_fields()
             .iter()
@@ -128,6 +124,15 @@ impl RoutingObject {
                 .as_ref()
                 .is_some_and(|(name, _)| name == &key.name)
     }
+}
+
+/// The ConfigMap ownerReference of a routing object: the routemap that owns it.
+pub fn routemap_owner(
+    obj: &DynamicObject,
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    obj.owner_references()
+        .iter()
+        .find(|r| r.kind == "ConfigMap" && r.api_version == "v1")
 }
 
 /// Everything the watches have seen.

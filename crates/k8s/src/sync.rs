@@ -36,16 +36,22 @@ pub enum WatchState {
     Pending,
     /// Listed; the store is complete.
     Listed,
-    /// The type is not served (CRD missing) or RBAC forbids it: the store is complete and
-    /// empty, and the watch keeps retrying.
-    Unavailable(String),
+    /// The type is not served (CRD missing): no such object can exist, so the store counts as
+    /// complete and empty; the watch keeps retrying.
+    NotServed(String),
+    /// RBAC forbids the watch: the store counts as complete so other routemaps are served,
+    /// but it may be stale or empty, so routemaps that read it are held.
+    Forbidden(String),
     /// The watch failed after listing; the store may be stale until it lists again.
     Failing(String),
 }
 
 impl WatchState {
     fn is_complete(&self) -> bool {
-        matches!(self, WatchState::Listed | WatchState::Unavailable(_))
+        matches!(
+            self,
+            WatchState::Listed | WatchState::NotServed(_) | WatchState::Forbidden(_)
+        )
     }
 }
 
@@ -117,7 +123,9 @@ impl SyncTracker {
             .borrow()
             .iter()
             .filter_map(|(id, s)| match s {
-                WatchState::Unavailable(why) => Some(format!("{id}: {why}")),
+                WatchState::NotServed(why) | WatchState::Forbidden(why) => {
+                    Some(format!("{id}: {why}"))
+                }
                 _ => None,
             })
             .collect()
@@ -159,7 +167,7 @@ mod tests {
         assert_eq!(t.unsynced(), ["objects as.g: not listed yet"]);
         t.set(
             WatchId::Objects(gvr("as")),
-            WatchState::Unavailable("not served".into()),
+            WatchState::NotServed("not served".into()),
         );
         assert!(t.is_synced(), "an unavailable type does not hold the rest");
         t.set(

@@ -1,6 +1,7 @@
 //! The one list-watch loop every store is fed by (application objects, routemaps, routing
 //! objects): it buffers a (re)list into one [`Change::Relisted`], reports each watch's state to
-//! the [`SyncTracker`], relists at once after a 410, and backs off with jitter on other errors.
+//! the [`SyncTracker`], and after any error starts over with a fresh list (at once after a
+//! 410, after a backoff with jitter otherwise), so a store is never left stale.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -49,12 +50,15 @@ pub async fn run<K, F>(
     mut apply: F,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Clone,
     F: FnMut(Change<K>) + Send,
 {
-    let mut stream = watcher(api, config).boxed();
+    let start = || watcher(api.clone(), config.clone()).boxed();
+    let mut stream = start();
     let mut buffer: Vec<K> = Vec::new();
     let mut delays = backoff();
     let mut last_error: Option<String> = None;
+    let mut gone_before = false;
     loop {
         match stream.try_next().await {
             Ok(Some(event)) => match event {
@@ -64,6 +68,7 @@ pub async fn run<K, F>(
                     apply(Change::Relisted(std::mem::take(&mut buffer)));
                     sync.set(id.clone(), WatchState::Listed);
                     delays = backoff();
+                    gone_before = false;
                     if last_error.take().is_some() {
                         tracing::info!(watch = %id, "watch listed again");
                     }
@@ -77,20 +82,22 @@ pub async fn run<K, F>(
                 metrics.watch_restarts.inc();
                 let failure = ApiFailure::of_watch(&e);
                 let why = describe_watch(&e);
-                if failure == ApiFailure::Gone {
-                    // The watcher has dropped its resourceVersion and relists on the next
-                    // poll: nothing to wait for.
+                if failure == ApiFailure::Gone && !gone_before {
+                    // The resource version expired: relist at once, nothing to wait for (a
+                    // second 410 in a row backs off like any error).
                     tracing::debug!(watch = %id, error = %why, "resource version expired; relisting");
+                    gone_before = true;
+                    buffer.clear();
+                    stream = start();
                     continue;
                 }
                 let state = match failure {
                     // The type is not served (CRD missing) or RBAC forbids it: count it as
-                    // complete so it does not hold up the rest, keeping what the store has
-                    // (a passing RBAC change must not make ready versions look absent); keep
-                    // retrying, so it is watched as soon as it can be.
-                    ApiFailure::NotFound | ApiFailure::Forbidden => {
-                        WatchState::Unavailable(why.clone())
-                    }
+                    // complete so it does not hold up the rest, keeping what the store has;
+                    // routemaps that read a forbidden type are held (see the controller).
+                    // Keep retrying, so it is watched as soon as it can be.
+                    ApiFailure::NotFound => WatchState::NotServed(why.clone()),
+                    ApiFailure::Forbidden => WatchState::Forbidden(why.clone()),
                     _ => WatchState::Failing(why.clone()),
                 };
                 // A changed error is logged once, not at every attempt.
@@ -101,6 +108,10 @@ pub async fn run<K, F>(
                 sync.set(id.clone(), state);
                 let delay = delays.next().unwrap_or(Duration::from_secs(10));
                 tokio::time::sleep(delay).await;
+                // kube's watcher would resume from its last resource version and never say
+                // InitDone again; a fresh list makes the store complete again.
+                buffer.clear();
+                stream = start();
             }
         }
     }
