@@ -231,6 +231,7 @@ async fn run_controller(args: ControllerArgs) -> Result<()> {
             leadership,
             gained,
             stop_election.clone(),
+            controller.metrics().clone(),
         )))
     } else {
         None

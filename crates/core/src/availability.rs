@@ -152,6 +152,18 @@ fn parse_weight(text: &str) -> Option<u32> {
     text.parse().ok()
 }
 
+/// An `observedGeneration`: absent (or null) is `None`; anything but an integer is a problem,
+/// not "absent" (which would skip the generation check).
+fn generation_field(v: Option<&Value>, path: &str) -> Result<Option<i64>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| format!("{path} is not an integer: {v}")),
+    }
+}
+
 /// One entry of `status.conditions`, checked for shape.
 struct Condition<'a> {
     kind: &'a str,
@@ -191,10 +203,16 @@ fn conditions_satisfied(rtype: &ResourceType, obj: &Observed) -> Result<bool, St
         conditions.push(Condition {
             kind: field("type")?,
             status: field("status")?,
-            observed_generation: m.get("observedGeneration").and_then(Value::as_i64),
+            observed_generation: generation_field(
+                m.get("observedGeneration"),
+                &format!("status.conditions[{i}].observedGeneration"),
+            )?,
         });
     }
-    let status_observed = status.get("observedGeneration").and_then(Value::as_i64);
+    let status_observed = generation_field(
+        status.get("observedGeneration"),
+        "status.observedGeneration",
+    )?;
     let fresh = |c: &Condition| {
         if !rtype.check_generation {
             return true;
@@ -612,6 +630,14 @@ unavailableReplicas: 1
                 "isvc default/a: status.conditions[0].status is not a string",
             ),
             (json!("ready"), "isvc default/a: status is not an object"),
+            (
+                json!({"observedGeneration": "2", "conditions": [{"type": "Ready", "status": "True"}]}),
+                "isvc default/a: status.observedGeneration is not an integer: \"2\"",
+            ),
+            (
+                json!({"conditions": [{"type": "Ready", "status": "True", "observedGeneration": 1.5}]}),
+                "isvc default/a: status.conditions[0].observedGeneration is not an integer: 1.5",
+            ),
         ];
         for (status, want) in cases {
             let o = Observed {

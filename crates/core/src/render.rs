@@ -338,6 +338,15 @@ pub fn check_target(
         Some(Value::String(n)) if !n.is_empty() => n.clone(),
         _ => return refuse(format!("{kind} has no metadata.name")),
     };
+    // The name becomes part of a request path: nothing but a DNS-1123 subdomain passes.
+    if let Err(why) = dns1123_subdomain(&name) {
+        let shown: String = if name.chars().count() > 63 {
+            name.chars().take(60).chain("...".chars()).collect()
+        } else {
+            name.clone()
+        };
+        return refuse(format!("{kind} name {shown:?} {why}"));
+    }
     match metadata.get("namespace") {
         None | Some(Value::Null) => {}
         // Kubernetes treats an empty namespace as unset.
@@ -356,6 +365,28 @@ pub fn check_target(
         Value::String(namespace.to_string()),
     );
     Ok(Value::Object(top))
+}
+
+/// Checks a Kubernetes object name (DNS-1123 subdomain): at most 253 characters, lower-case
+/// alphanumerics, `-` and `.`, each dot-separated part starting and ending alphanumeric.
+pub fn dns1123_subdomain(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err(format!("is {} characters long, more than 253", name.len()));
+    }
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    for part in name.split('.') {
+        let ok = part.starts_with(alnum)
+            && part.ends_with(alnum)
+            && part.chars().all(|c| alnum(c) || c == '-');
+        if !ok {
+            return Err(
+                "is not a valid name (lower-case letters, digits, '-' and '.', starting and \
+                 ending with a letter or digit)"
+                    .to_string(),
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

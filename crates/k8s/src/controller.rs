@@ -57,7 +57,7 @@ pub struct Options {
 /// The controller's shared parts.
 pub struct Controller {
     client: Client,
-    config: Config,
+    config: Arc<Config>,
     options: Options,
     state: Mutex<State>,
     queue: WorkQueue<Work>,
@@ -84,7 +84,7 @@ impl Controller {
                 metrics.clone(),
             ),
             client,
-            config,
+            config: Arc::new(config),
             options,
             state: Mutex::default(),
             queue: WorkQueue::default(),
@@ -547,15 +547,32 @@ impl Controller {
                 st.routing_owned_by(key),
             )
         };
-        let plan = plan::plan(&Inputs {
-            key,
-            meta: &record.meta,
-            routemap: rm,
-            config: &self.config,
-            objects: &objects,
-            owned: &owned,
-            kinds: &kinds,
-        });
+        // Rendering is CPU work on user input: off the async threads, so a slow routemap
+        // holds one worker, not the watches or the other routemaps.
+        let config = self.config.clone();
+        let owner = key.clone();
+        let planned = tokio::task::spawn_blocking(move || {
+            let Ok(rm) = &record.spec else {
+                return Plan::default();
+            };
+            plan::plan(&Inputs {
+                key: &owner,
+                meta: &record.meta,
+                routemap: rm,
+                config: &config,
+                objects: &objects,
+                owned: &owned,
+                kinds: &kinds,
+            })
+        })
+        .await;
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(e) => {
+                tracing::error!(routemap = %key, error = %e, "planning failed");
+                return false;
+            }
+        };
         self.carry_out(key, &uid, plan).await
     }
 

@@ -75,6 +75,7 @@ pub async fn run(
     leadership: Leadership,
     gained: Arc<Notify>,
     shutdown: Arc<Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     // The latest Lease seen by the watch, and when we saw it change: expiry is judged by our
@@ -88,13 +89,28 @@ pub async fn run(
         changed.clone(),
     ));
 
+    let mut delays = failure_backoff(&cfg);
+    let mut last_error: Option<String> = None;
     loop {
         let now = Instant::now();
-        let held_by_me = match try_acquire_or_renew(&api, &cfg, &seen).await {
-            Ok(held) => held,
+        let (held_by_me, failed) = match try_acquire_or_renew(&api, &cfg, &seen).await {
+            Ok(held) => {
+                if last_error.take().is_some() {
+                    tracing::info!(lease = %cfg.name, "lease updates work again");
+                }
+                delays = failure_backoff(&cfg);
+                (held, false)
+            }
             Err(e) => {
-                tracing::warn!(lease = %cfg.name, error = %e, "lease update failed");
-                false
+                metrics.lease_failures.inc();
+                // A missing namespace, lost RBAC or an API outage: log a changed error once,
+                // not at every attempt.
+                let why = crate::error::describe(&e);
+                if last_error.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(lease = %cfg.name, error = %why, "lease update failed; retrying with backoff");
+                    last_error = Some(why);
+                }
+                (false, true)
             }
         };
         if held_by_me {
@@ -115,7 +131,9 @@ pub async fn run(
             leadership.step_down();
         }
         // A failed renewal keeps us leading only until the deadline set by the last success.
-        let wait = if held_by_me {
+        let wait = if failed {
+            delays.next().unwrap_or(cfg.renew_every)
+        } else if held_by_me {
             cfg.renew_every
         } else {
             time_to_expiry(&seen, &cfg).min(cfg.renew_every)
@@ -134,6 +152,19 @@ pub async fn run(
             Err(e) => tracing::warn!(lease = %cfg.name, error = %e, "failed to release the lease"),
         }
     }
+}
+
+/// Delays between failed lease updates: from 100 ms, doubling, with jitter, up to about the
+/// renew interval (a leader must retry before its lease runs out).
+fn failure_backoff(cfg: &LeaseConfig) -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100).min(cfg.renew_every))
+        .with_max_delay(cfg.renew_every)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 async fn watch_lease(

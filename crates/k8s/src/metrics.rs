@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Writes a standby refused to make.
     pub not_leader: Counter,
     pub leader: Gauge,
+    /// Lease reads and writes that failed.
+    pub lease_failures: Counter,
     /// Watched objects by resource type.
     pub watched: Family<Labels, Gauge>,
     pub queue_depth: Gauge,
@@ -49,6 +51,7 @@ impl Default for Metrics {
             events: Family::default(),
             not_leader: Counter::default(),
             leader: Gauge::default(),
+            lease_failures: Counter::default(),
             watched: Family::default(),
             queue_depth: Gauge::default(),
             watch_restarts: Counter::default(),
@@ -90,6 +93,11 @@ impl Default for Metrics {
             "leader",
             "1 if this replica holds the lease",
             m.leader.clone(),
+        );
+        registry.register(
+            "lease_update_failures",
+            "Lease reads and updates that failed (retried with backoff)",
+            m.lease_failures.clone(),
         );
         registry.register(
             "watched_objects",

@@ -390,6 +390,24 @@ fn check_target_guards() {
              \"networking.istio.io/v1beta1\"",
         ),
         (json!(["a"]), "refusing rendered object: it is not an object"),
+        (
+            json!({"apiVersion": api, "kind": "VirtualService", "metadata": {"name": "../../secrets/x"}}),
+            "refusing rendered object: VirtualService name \"../../secrets/x\" is not a valid name \
+             (lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)",
+        ),
+        (
+            json!({"apiVersion": api, "kind": "VirtualService", "metadata": {"name": "a?watch=1"}}),
+            "refusing rendered object: VirtualService name \"a?watch=1\" is not a valid name \
+             (lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)",
+        ),
+        (
+            json!({"apiVersion": api, "kind": "VirtualService", "metadata": {"name": "a".repeat(254)}}),
+            &format!(
+                "refusing rendered object: VirtualService name \"{}...\" is 254 characters long, \
+                 more than 253",
+                "a".repeat(60)
+            ),
+        ),
     ];
     for (obj, want) in refusals {
         let err = check_target(obj, api, "VirtualService", "default").unwrap_err();
