@@ -26,17 +26,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use testenv::ControlPlane;
-
-/// The tutorial's routemap (step 2: two versions, canary template).
-const ROUTEMAP: &str = include_str!("../../core/testdata/kserve-canary/routemap-step2.yaml");
+use testenv::fixtures::{self, config_map, inference_service, virtual_service};
+use testenv::process::free_port;
+use testenv::routes::route_names;
+use testenv::{kserve, objects, ControlPlane};
 
 /// Which controller a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,20 +134,6 @@ impl Counts {
     }
 }
 
-fn isvc_ar() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("serving.kserve.io", "v1beta1", "InferenceService"),
-        "inferenceservices",
-    )
-}
-
-fn vs_ar() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("networking.istio.io", "v1beta1", "VirtualService"),
-        "virtualservices",
-    )
-}
-
 /// The controller config both controllers get: the original chart's resource types table,
 /// a resync long enough not to fire during a run.
 const CONTROLLER_CONFIG: &str = r#"defaultResync: 1h
@@ -165,10 +149,6 @@ resourceTypes:
 
 fn app_name(i: usize) -> String {
     format!("app{i}")
-}
-
-fn routemap_spec(app: &str, ns: &str) -> String {
-    ROUTEMAP.replace("wisdom", app).replace("default", ns)
 }
 
 /// A running controller process; killed when dropped.
@@ -203,12 +183,6 @@ impl Proc {
         let _ = self.child.wait();
         Ok(())
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Peak and current RSS (KiB) of a process.
@@ -408,20 +382,9 @@ struct Arrivals {
     candidate: HashMap<String, Instant>,
 }
 
-fn routes(vs: &DynamicObject) -> Vec<String> {
-    vs.data["spec"]["http"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn spawn_vs_watch(client: Client, ns: &str) -> (Arc<Mutex<Arrivals>>, tokio::task::JoinHandle<()>) {
     let arrivals = Arc::new(Mutex::new(Arrivals::default()));
-    let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &vs_ar());
+    let api: Api<DynamicObject> = Api::namespaced_with(client, ns, &virtual_service());
     let a = arrivals.clone();
     let task = tokio::spawn(async move {
         let mut stream = watcher(api, watcher::Config::default()).boxed();
@@ -432,7 +395,7 @@ fn spawn_vs_watch(client: Client, ns: &str) -> (Arc<Mutex<Arrivals>>, tokio::tas
                 _ => continue,
             };
             let name = obj.name_any();
-            let r = routes(&obj);
+            let r = route_names(&obj);
             let mut g = a.lock().unwrap_or_else(|e| e.into_inner());
             if r == [format!("{name}-0")] {
                 g.primary.entry(name).or_insert(now);
@@ -444,50 +407,26 @@ fn spawn_vs_watch(client: Client, ns: &str) -> (Arc<Mutex<Arrivals>>, tokio::tas
     (arrivals, task)
 }
 
-async fn apply_isvc(client: &Client, ns: &str, name: &str, ready: bool) -> Result<()> {
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &isvc_ar());
-    let obj = json!({"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": {"name": name, "labels": {"iter8.tools/watch": "true"}},
-        "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "runtime": "kserve-mlserver", "storageUri": "gs://m"}}}});
-    api.patch(
-        name,
-        &PatchParams::apply("helm").force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .with_context(|| format!("creating InferenceService {ns}/{name}"))?;
+/// Creates InferenceService `name` of application `app` and writes the status KServe writes
+/// for it, not ready or ready.
+async fn apply_isvc(client: &Client, ns: &str, app: &str, name: &str, ready: bool) -> Result<()> {
+    let obj = fixtures::inference_service_object(app, name, "gs://m");
+    objects::apply(client, &inference_service(), Some(ns), &obj, "helm").await?;
     set_ready(client, ns, name, ready).await
 }
 
-/// Writes the conditions as KServe does, through the status subresource.
+/// Writes the status KServe writes (Serverless mode) for a just-created or a ready
+/// InferenceService, through the status subresource.
 async fn set_ready(client: &Client, ns: &str, name: &str, ready: bool) -> Result<()> {
-    let s = if ready { "True" } else { "Unknown" };
-    let status = json!({"status": {"observedGeneration": 1, "deploymentMode": "Knative", "conditions": [
-        {"type": "IngressReady", "status": s, "lastTransitionTime": "2026-08-20T10:00:40Z"},
-        {"type": "PredictorReady", "status": s, "lastTransitionTime": "2026-08-20T10:00:40Z"},
-        {"type": "Ready", "status": s, "lastTransitionTime": "2026-08-20T10:00:40Z"}]}});
-    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &isvc_ar())
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .with_context(|| format!("writing status of {ns}/{name}"))?;
-    Ok(())
+    kserve::report(client, ns, name, ready, 1).await
 }
 
 async fn create_app(client: &Client, ns: &str, app: &str) -> Result<()> {
-    apply_isvc(client, ns, &format!("{app}-0"), true).await?;
-    apply_isvc(client, ns, &format!("{app}-1"), false).await?;
-    let name = format!("{app}-routemap");
-    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "labels": {"iter8.tools/kind": "routemap", "iter8.tools/version": "v1.1"}},
-        "data": {"strSpec": routemap_spec(app, ns)}});
-    Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .patch(
-            &name,
-            &PatchParams::apply("helm").force(),
-            &Patch::Apply(&cm),
-        )
-        .await
-        .with_context(|| format!("creating routemap {ns}/{name}"))?;
+    apply_isvc(client, ns, app, &format!("{app}-0"), true).await?;
+    apply_isvc(client, ns, app, &format!("{app}-1"), false).await?;
+    let spec = fixtures::tutorial_routemap(app, ns, 2)?;
+    let cm = fixtures::routemap_object(&format!("{app}-routemap"), json!({ "strSpec": spec }));
+    objects::apply(client, &config_map(), Some(ns), &cm, "helm").await?;
     Ok(())
 }
 
@@ -581,9 +520,9 @@ async fn wait_started(audit: &Audit, user: &str, from: u64, proc_: &mut Proc) ->
         if let Some(status) = proc_.child.try_wait()? {
             bail!("controller exited early with {status}");
         }
-        let ready = proc_
-            .admin_port
-            .is_none_or(|p| http_status(p, "/readyz") == Some(200));
+        let ready = proc_.admin_port.is_none_or(|p| {
+            testenv::http::get_local(p, "/readyz").is_some_and(|r| r.status == 200)
+        });
         if ready && audit.watching(user, from) {
             return Ok(());
         }
@@ -592,20 +531,6 @@ async fn wait_started(audit: &Audit, user: &str, from: u64, proc_: &mut Proc) ->
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    text.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Gives the audit log a moment to catch up with responses already received.

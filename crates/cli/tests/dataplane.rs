@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -19,10 +18,13 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
 use kube::Client;
-use serde_json::{json, Value};
+use serde_json::Value;
 use testenv::dataplane::{self, DataPlane};
+use testenv::fixtures::{inference_service, virtual_service};
+use testenv::routes::route_names;
+use testenv::{objects, workloads};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -76,29 +78,9 @@ impl Iter8 {
 
 /// `helm upgrade --install RELEASE charts/release -n NS -f -` with `values` on stdin.
 fn helm_upgrade(cp: &testenv::ControlPlane, ns: &str, release: &str, values: &str) {
-    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/release");
-    let mut child = Command::new(&cp.tools().helm)
-        .args(["upgrade", "--install", release, chart, "-n", ns, "-f", "-"])
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig_path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(values.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "helm upgrade failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = ["upgrade", "--install", release, "charts/release", "-f", "-"];
+    cp.helm(ns, &args, Some(values))
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 type HttpClient = hyper_util::client::legacy::Client<
@@ -224,26 +206,15 @@ async fn assert_answers(
 }
 
 async fn vs_routes(client: &Client, ns: &str, name: &str) -> Vec<String> {
-    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &dataplane::virtual_service())
-        .get_opt(name)
+    objects::get(client, &virtual_service(), ns, name)
         .await
         .unwrap()
-        .map(|vs| {
-            vs.data["spec"]["http"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|r| r["name"].as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default()
-        })
+        .map(|vs| route_names(&vs))
         .unwrap_or_default()
 }
 
 async fn wait_isvc(client: &Client, ns: &str, name: &str, exists: bool) {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), ns, &dataplane::inference_service());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &inference_service());
     testenv::wait_for(
         &format!("InferenceService {ns}/{name} exists = {exists}"),
         WAIT,
@@ -543,14 +514,8 @@ async fn run_deployment(kube: &Client, ns: &str, name: &'static str) -> Backend 
     })
     .await
     .unwrap();
-    let status = json!({"status": {
-        "availableReplicas": 1, "readyReplicas": 1, "replicas": 1, "updatedReplicas": 1,
-        "observedGeneration": d.metadata.generation,
-        "conditions": [
-            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "Deployment has minimum availability."},
-            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": format!("ReplicaSet \"{name}-5d9c7b6f4\" has successfully progressed.")}]}});
-    deploys
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+    let generation = d.metadata.generation.unwrap_or(1);
+    workloads::write(kube, ns, name, workloads::State::Available, generation)
         .await
         .unwrap();
     b

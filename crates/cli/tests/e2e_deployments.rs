@@ -13,6 +13,7 @@ use e2e::*;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::Client;
 use serde_json::{json, Value};
+use testenv::routes::{backend_names, backends};
 
 const DEPLOYS: &str = "deployments.apps";
 
@@ -61,36 +62,6 @@ fn weighted_destinations(vs: &DynamicObject) -> Vec<(String, u64)> {
                 d["destination"]["host"].as_str().unwrap().to_string(),
                 d["weight"].as_u64().unwrap_or(0),
             )
-        })
-        .collect()
-}
-
-/// Backend names of an HTTPRoute's rules, per rule.
-fn backend_names(route: &DynamicObject) -> Vec<Vec<String>> {
-    backends(route)
-        .into_iter()
-        .map(|r| r.into_iter().map(|(name, _)| name).collect())
-        .collect()
-}
-
-/// Backends of an HTTPRoute's rules: per rule, (service name, weight; the CRD defaults it to 1).
-fn backends(route: &DynamicObject) -> Vec<Vec<(String, u64)>> {
-    route.data["spec"]["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r["backendRefs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|b| {
-                    (
-                        b["name"].as_str().unwrap().to_string(),
-                        b["weight"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect()
         })
         .collect()
 }

@@ -27,12 +27,7 @@ const ISVCS: &str = "inferenceservices.serving.kserve.io";
 
 /// The VirtualService spec of spec section 4 for a step, in namespace `ns`.
 fn expected_vs_spec(ns: &str, step: u8) -> Value {
-    let text = match step {
-        1 => include_str!("../../core/testdata/kserve-canary/virtualservice-step1.yaml"),
-        _ => include_str!("../../core/testdata/kserve-canary/virtualservice-step2.yaml"),
-    };
-    let v: Value = serde_yaml::from_str(&text.replace("default", ns)).unwrap();
-    v["spec"].clone()
+    testenv::fixtures::tutorial_virtual_service_spec(ns, step).unwrap()
 }
 
 fn label<'a>(obj: &'a kube::api::DynamicObject, key: &str) -> Option<&'a str> {

@@ -5,16 +5,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, DynamicObject};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use testenv::fixtures::{self, config_map, inference_service, virtual_service};
+use testenv::routes::route_names;
+use testenv::{kserve, objects};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -40,11 +41,7 @@ impl Iter8 {
         lease: (&str, &str),
         log_dir: &Path,
     ) -> Iter8 {
-        let admin = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let admin = testenv::process::free_port().unwrap();
         let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_iter8"))
             .args(["controller", "--kubeconfig"])
@@ -71,7 +68,7 @@ impl Iter8 {
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.admin, path)
+        testenv::http::get_local(self.admin, path).map(|r| (r.status, r.body))
     }
 
     fn metrics(&self) -> prometheus_parse::Scrape {
@@ -104,103 +101,36 @@ fn metric(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &s
         .sum()
 }
 
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
-fn isvc_ar() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("serving.kserve.io", "v1beta1", "InferenceService"),
-        "inferenceservices",
-    )
-}
-
-fn vs_ar() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("networking.istio.io", "v1beta1", "VirtualService"),
-        "virtualservices",
-    )
-}
-
-fn str_spec(ns: &str) -> String {
-    include_str!("../../core/testdata/kserve-canary/routemap-step2.yaml").replace("default", ns)
-}
-
 async fn apply_isvc(client: &Client, ns: &str, name: &str) {
-    let obj = json!({"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": {"name": name, "labels": {"iter8.tools/watch": "true"}},
-        "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}, "runtime": "kserve-mlserver", "storageUri": "gs://m"}}}});
-    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &isvc_ar())
-        .patch(
-            name,
-            &PatchParams::apply("helm").force(),
-            &Patch::Apply(&obj),
-        )
+    let obj = fixtures::inference_service_object("wisdom", name, "gs://m");
+    objects::apply(client, &inference_service(), Some(ns), &obj, "helm")
         .await
         .unwrap();
 }
 
-/// Writes the Ready condition as KServe does, through the status subresource.
+/// Writes the status KServe writes for a just-created or a ready InferenceService.
 async fn set_ready(client: &Client, ns: &str, name: &str, ready: bool) {
-    let s = if ready { "True" } else { "Unknown" };
-    let status = json!({"status": {"observedGeneration": 1, "deploymentMode": "Knative", "conditions": [
-        {"type": "IngressReady", "status": s, "lastTransitionTime": "2026-08-20T10:00:40Z"},
-        {"type": "PredictorReady", "status": s, "lastTransitionTime": "2026-08-20T10:00:40Z"},
-        {"type": "Ready", "status": s, "lastTransitionTime": "2026-08-20T10:00:40Z"}]}});
-    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &isvc_ar())
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
+    kserve::report(client, ns, name, ready, 1).await.unwrap();
 }
 
 async fn apply_routemap(client: &Client, ns: &str) {
-    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "wisdom-routemap", "labels": {"iter8.tools/kind": "routemap", "iter8.tools/version": "v1.1"}},
-        "data": {"strSpec": str_spec(ns)}});
-    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
-        .patch(
-            "wisdom-routemap",
-            &PatchParams::apply("helm").force(),
-            &Patch::Apply(&cm),
-        )
+    let spec = fixtures::tutorial_routemap("wisdom", ns, 2).unwrap();
+    let cm = fixtures::routemap_object("wisdom-routemap", json!({ "strSpec": spec }));
+    objects::apply(client, &config_map(), Some(ns), &cm, "helm")
         .await
         .unwrap();
 }
 
-fn routes(vs: &DynamicObject) -> Vec<String> {
-    vs.data["spec"]["http"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 async fn wait_routes(client: &Client, ns: &str, want: &[&str], within: Duration) -> DynamicObject {
-    let vss = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &vs_ar());
-    testenv::wait_for(&format!("routes {want:?}"), within, || async {
-        vss.get_opt("wisdom")
-            .await
-            .ok()
-            .flatten()
-            .filter(|vs| routes(vs) == want)
-    })
+    objects::wait(
+        client,
+        &virtual_service(),
+        ns,
+        "wisdom",
+        &format!("routes {want:?}"),
+        within,
+        |vs| route_names(vs) == want,
+    )
     .await
     .unwrap()
 }
@@ -265,15 +195,7 @@ async fn one_leader_writes_standby_never_does_and_sigterm_hands_over_at_once() {
     set_ready(&client, &ns, "wisdom-1", false).await;
     apply_routemap(&client, &ns).await;
     let vs = wait_routes(&client, &ns, &["wisdom-0"], WAIT).await;
-    let managers: Vec<String> = vs
-        .metadata
-        .managed_fields
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|m| m.manager)
-        .collect();
-    assert_eq!(managers, ["iter8-controller"]);
+    assert_eq!(testenv::objects::field_managers(&vs), ["iter8-controller"]);
 
     let (lm, sm) = (leader.metrics(), standby.metrics());
     assert_eq!(metric(&lm, "iter8_leader", None), 1.0);
@@ -326,9 +248,9 @@ async fn one_leader_writes_standby_never_does_and_sigterm_hands_over_at_once() {
 }
 
 async fn get_vs_rv(client: &Client, ns: &str) -> Option<String> {
-    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &vs_ar())
-        .get("wisdom")
+    objects::get(client, &virtual_service(), ns, "wisdom")
         .await
+        .unwrap()
         .unwrap()
         .resource_version()
 }

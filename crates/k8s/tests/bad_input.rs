@@ -14,9 +14,9 @@ use iter8_core::render::MAX_RENDERED_BYTES;
 use iter8_core::routemap::MAX_TEMPLATE_BYTES;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use serde_json::{json, Value};
+use testenv::fixtures;
 
 /// The routemap every test breaks.
 const BAD: &str = "bad-routemap";
@@ -75,21 +75,7 @@ impl Env {
 
     /// Waits for a Warning Event on `routemap` whose "Reason: note" contains every needle.
     async fn warning(&self, routemap: &str, needles: &[&str]) -> String {
-        let what = format!("a Warning Event on {routemap} containing {needles:?}");
-        let found = testenv::wait_for(&what, WAIT, || async {
-            warnings(&self.client, &self.ns, routemap)
-                .await
-                .into_iter()
-                .find(|w| needles.iter().all(|n| w.contains(n)))
-        })
-        .await;
-        match found {
-            Ok(w) => w,
-            Err(e) => panic!(
-                "{e}; warnings: {:#?}",
-                warnings(&self.client, &self.ns, routemap).await
-            ),
-        }
+        wait_warning(&self.client, &self.ns, routemap, needles).await
     }
 
     /// A change after the bad routemap arrived is still applied to the good one: the
@@ -581,35 +567,6 @@ async fn a_template_whose_output_is_over_the_render_limit_is_reported() {
     env.good_still_served().await;
 }
 
-/// Installs a CRD `widgets.<group>` whose schema accepts anything (also in status), with a
-/// status subresource.
-async fn install_widget_crd(group: &str) -> ApiResource {
-    let cp = testenv::shared().unwrap();
-    let crd = cp.dir().join(format!("{group}.yaml"));
-    std::fs::write(
-        &crd,
-        format!(
-            r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {{name: widgets.{group}}}
-spec:
-  group: {group}
-  names: {{plural: widgets, singular: widget, kind: Widget}}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    subresources: {{status: {{}}}}
-    schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}
-"#
-        ),
-    )
-    .unwrap();
-    cp.install_crds(&[crd]).await.unwrap();
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, "v1", "Widget"), "widgets")
-}
-
 // 11
 #[tokio::test]
 async fn malformed_status_conditions_are_reported_and_make_the_version_unavailable() {
@@ -640,7 +597,7 @@ async fn malformed_status_conditions_are_reported_and_make_the_version_unavailab
     }
 
     let group = format!("badinput{}.example.com", std::process::id());
-    let ar = install_widget_crd(&group).await;
+    let ar = fixtures::install_widget_crd(cp, &group).await.unwrap();
     let mut config = config();
     config.resource_types.insert(
         "widget".into(),
@@ -648,13 +605,11 @@ async fn malformed_status_conditions_are_reported_and_make_the_version_unavailab
     );
     let env = Env::with_config("bad-conditions", config).await;
     let widgets = Api::<DynamicObject>::namespaced_with(env.client.clone(), &env.ns, &ar);
-    let widget = json!({"apiVersion": format!("{group}/v1"), "kind": "Widget",
-        "metadata": {"name": "w1", "labels": {"iter8.tools/watch": "true"}}, "spec": {"size": 1}});
     widgets
         .patch(
             "w1",
             &PatchParams::apply("t").force(),
-            &Patch::Apply(&widget),
+            &Patch::Apply(&fixtures::widget_object(&group, "w1")),
         )
         .await
         .unwrap();

@@ -9,6 +9,7 @@ use common::*;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::json;
+use testenv::{fixtures, workloads};
 
 #[tokio::test]
 async fn tutorial_step1_renders_the_primary_route_owned_by_the_routemap() {
@@ -46,15 +47,7 @@ async fn tutorial_step1_renders_the_primary_route_owned_by_the_routemap() {
     assert_eq!(owners[0].api_version, "v1");
     assert_eq!(owners[0].name, "wisdom-routemap");
     assert_eq!(Some(&owners[0].uid), cm.metadata.uid.as_ref());
-    let managers: Vec<String> = vs
-        .metadata
-        .managed_fields
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|m| m.manager)
-        .collect();
-    assert_eq!(managers, ["iter8-controller"]);
+    assert_eq!(testenv::objects::field_managers(&vs), ["iter8-controller"]);
 }
 
 #[tokio::test]
@@ -155,16 +148,18 @@ async fn inference_service_generation_is_not_compared_but_deployment_generation_
             .await
             .unwrap();
     }
-    let available = |observed: i64| {
-        json!({
-            "availableReplicas": 1, "readyReplicas": 1, "replicas": 1, "updatedReplicas": 1, "observedGeneration": observed,
-            "conditions": [
-                {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "Deployment has minimum availability."},
-                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "ReplicaSet has successfully progressed."}]
-        })
+    // As kube-controller-manager writes it once the pods are available, having observed
+    // generation `observed`.
+    let available = |name: &'static str, observed: i64| {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            workloads::write(&client, &ns, name, workloads::State::Available, observed)
+                .await
+                .unwrap()
+        }
     };
-    set_status(&client, &ns, "httpbin-0", &deploy_ar(), available(1)).await;
-    set_status(&client, &ns, "httpbin-1", &deploy_ar(), available(1)).await; // generation is 2
+    available("httpbin-0", 1).await;
+    available("httpbin-1", 1).await; // generation is 2
     let template = format!(
         r#"apiVersion: networking.istio.io/v1beta1
 kind: VirtualService
@@ -208,7 +203,7 @@ spec:
         ["httpbin-0"],
         "a Deployment whose observedGeneration is older must not count as ready"
     );
-    set_status(&client, &ns, "httpbin-1", &deploy_ar(), available(2)).await;
+    available("httpbin-1", 2).await;
     wait_vs(
         &client,
         &ns,
@@ -384,43 +379,14 @@ async fn a_type_whose_crd_appears_later_is_watched_without_a_restart() {
         "a missing CRD must not block readiness"
     );
 
-    let crd = cp.dir().join(format!("{group}.yaml"));
-    std::fs::write(
-        &crd,
-        format!(
-            r#"apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata: {{name: widgets.{group}}}
-spec:
-  group: {group}
-  names: {{plural: widgets, singular: widget, kind: Widget}}
-  scope: Namespaced
-  versions:
-  - name: v1
-    served: true
-    storage: true
-    subresources: {{status: {{}}}}
-    schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}
-"#
-        ),
-    )
-    .unwrap();
-    cp.install_crds(&[crd]).await.unwrap();
-    let ar = kube::core::ApiResource::from_gvk_with_plural(
-        &kube::core::GroupVersionKind::gvk(&group, "v1", "Widget"),
-        "widgets",
-    );
+    let ar = fixtures::install_widget_crd(cp, &group).await.unwrap();
     let widgets = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &ar);
-    let w = |name: &str| {
-        json!({"apiVersion": format!("{group}/v1"), "kind": "Widget",
-        "metadata": {"name": name, "labels": {"iter8.tools/watch": "true"}}, "spec": {"size": 1}})
-    };
     for name in ["w0", "w1"] {
         widgets
             .patch(
                 name,
                 &PatchParams::apply("t").force(),
-                &Patch::Apply(&w(name)),
+                &Patch::Apply(&fixtures::widget_object(&group, name)),
             )
             .await
             .unwrap();

@@ -20,7 +20,6 @@
 //! [`Process`] watchdog if the test process dies first.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,13 +27,17 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use kube::core::ApiResource;
 use kube::Client;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
+use crate::fixtures::{api_resource, inference_service, service};
+use crate::http;
+use crate::kserve::{self, State};
+use crate::objects::{self, Times};
 use crate::process::{free_port, Process};
 use crate::tools::{cache_dir, version};
 use crate::ControlPlane;
@@ -130,6 +133,8 @@ struct Envoy {
 struct ModelServer {
     revision: String,
     variant: String,
+    /// The InferenceService generation it serves (its Knative Service's generation).
+    generation: i64,
     process: Process,
 }
 
@@ -147,13 +152,10 @@ pub struct DataPlane {
     dir: tempfile::TempDir,
 }
 
-fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
-}
-
-/// ApiResource of Istio's VirtualService (networking.istio.io/v1).
-pub fn virtual_service() -> ApiResource {
-    ar(
+/// Istio's VirtualService at networking.istio.io/v1, the version the harness writes the
+/// Knative-side routes with.
+fn knative_virtual_service() -> ApiResource {
+    api_resource(
         "networking.istio.io",
         "v1",
         "VirtualService",
@@ -161,18 +163,8 @@ pub fn virtual_service() -> ApiResource {
     )
 }
 
-/// ApiResource of KServe's InferenceService.
-pub fn inference_service() -> ApiResource {
-    ar(
-        "serving.kserve.io",
-        "v1beta1",
-        "InferenceService",
-        "inferenceservices",
-    )
-}
-
 fn workload_entry() -> ApiResource {
-    ar(
+    api_resource(
         "networking.istio.io",
         "v1",
         "WorkloadEntry",
@@ -181,25 +173,12 @@ fn workload_entry() -> ApiResource {
 }
 
 fn gateway() -> ApiResource {
-    ar("networking.istio.io", "v1", "Gateway", "gateways")
+    api_resource("networking.istio.io", "v1", "Gateway", "gateways")
 }
 
-/// Server-side applies `obj` (with apiVersion and kind) into its namespace.
+/// Server-side applies `obj` (with apiVersion and kind) into its namespace, as the harness.
 pub async fn apply(client: &Client, ar: &ApiResource, ns: Option<&str>, obj: &Value) -> Result<()> {
-    let name = obj["metadata"]["name"]
-        .as_str()
-        .ok_or_else(|| anyhow!("object without a name: {obj}"))?;
-    let api: Api<DynamicObject> = match ns {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
-        None => Api::all_with(client.clone(), ar),
-    };
-    api.patch(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .with_context(|| format!("applying {} {}/{name}", ar.kind, ns.unwrap_or("")))?;
+    objects::apply(client, ar, ns, obj, MANAGER).await?;
     Ok(())
 }
 
@@ -214,50 +193,6 @@ async fn ensure_namespace(client: &Client, name: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A plain HTTP/1.1 GET; returns status, headers (lower-case names) and body.
-pub fn http_get(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-) -> Option<(u16, BTreeMap<String, String>, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let mut lines = head.lines();
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers: BTreeMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let body = if headers.get("transfer-encoding").map(String::as_str) == Some("chunked") {
-        dechunk(body)?
-    } else {
-        body.to_string()
-    };
-    Some((status, headers, body))
-}
-
-/// Decodes an HTTP/1.1 chunked body (Envoy's admin answers that way).
-fn dechunk(mut rest: &str) -> Option<String> {
-    let mut out = String::new();
-    loop {
-        let (size, after) = rest.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(after.get(..size)?);
-        rest = after.get(size..)?.strip_prefix("\r\n")?;
-    }
 }
 
 impl DataPlane {
@@ -332,7 +267,7 @@ impl DataPlane {
         loop {
             istiod.check_running()?;
             let addr = SocketAddr::from(([127, 0, 0, 1], http));
-            if matches!(http_get(addr, "istiod", "/ready"), Some((200, _, _))) {
+            if http::get(addr, "istiod", "/ready").is_some_and(|r| r.status == 200) {
                 break;
             }
             if Instant::now() > deadline {
@@ -504,10 +439,10 @@ impl DataPlane {
                 (e.name.clone(), e.admin)
             };
             let addr = SocketAddr::from(([127, 0, 0, 1], admin));
-            if let Some((200, _, body)) = http_get(addr, "admin", "/ready") {
-                if body.trim() == "LIVE" {
-                    return Ok(());
-                }
+            if http::get(addr, "admin", "/ready")
+                .is_some_and(|r| r.status == 200 && r.body.trim() == "LIVE")
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
@@ -546,8 +481,9 @@ impl DataPlane {
             let mut e = e.lock().map_err(|_| anyhow!("poisoned"))?;
             e.process.check_running()?;
             let addr = SocketAddr::from(([127, 0, 0, 1], e.admin));
-            let (_, _, stats) = http_get(addr, "admin", "/stats?filter=update_rejected")
-                .ok_or_else(|| anyhow!("Envoy {} admin /stats does not answer", e.name))?;
+            let stats = http::get(addr, "admin", "/stats?filter=update_rejected")
+                .ok_or_else(|| anyhow!("Envoy {} admin /stats does not answer", e.name))?
+                .body;
             let rejected: Vec<&str> = stats
                 .lines()
                 .filter(|l| l.contains("update_rejected") && !l.trim_end().ends_with(": 0"))
@@ -576,8 +512,8 @@ impl DataPlane {
             ));
         }
         let addr = SocketAddr::from(([127, 0, 0, 1], self.istiod_http));
-        if let Some((_, _, body)) = http_get(addr, "istiod", "/debug/syncz") {
-            out.push_str(&format!("\n--- istiod /debug/syncz:\n{body}"));
+        if let Some(r) = http::get(addr, "istiod", "/debug/syncz") {
+            out.push_str(&format!("\n--- istiod /debug/syncz:\n{}", r.body));
         }
         for e in &self.envoys {
             if let Ok(e) = e.lock() {
@@ -598,8 +534,8 @@ impl DataPlane {
             return String::new();
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], e.admin));
-        http_get(addr, "admin", "/config_dump?resource=dynamic_route_configs")
-            .map(|r| r.2)
+        http::get(addr, "admin", "/config_dump?resource=dynamic_route_configs")
+            .map(|r| r.body)
             .unwrap_or_default()
     }
 
@@ -613,9 +549,11 @@ impl DataPlane {
     /// anything else the first), registers it (Service + WorkloadEntry `<name>-predictor-NNNNN`),
     /// waits until it answers `/v2/models/<name>/ready`, moves the Knative-side route to it
     /// and waits until `knative-local-gateway` routes there, then writes the InferenceService
-    /// status Ready, as KServe does (Serverless mode). A previous revision keeps serving until
-    /// then, and is stopped afterwards. While the new revision starts, a previously Ready
-    /// InferenceService is `Ready: Unknown` (reason OutOfDate), as KServe writes it.
+    /// status Ready, as KServe does (Serverless mode, see [`kserve`]). A previous revision
+    /// keeps serving until then, and is stopped afterwards. Until its first revision is ready
+    /// an InferenceService is `Ready: Unknown` ([`State::NotReady`]); a previously served one
+    /// goes `Ready: Unknown` with reason OutOfDate ([`State::OutOfDate`]) and, once the new
+    /// revision exists, without a reason ([`State::Rolling`]), as KServe writes it.
     ///
     /// Returns the revision's name.
     pub async fn serve_inference_service(&self, ns: &str, name: &str) -> Result<String> {
@@ -637,23 +575,57 @@ impl DataPlane {
             _ => "v0",
         };
         let generation = isvc.metadata.generation.unwrap_or(1);
+        let created = isvc
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_else(objects::now);
+        // The Knative Service's generation is the one KServe reports; here it follows the
+        // InferenceService's generation the harness serves.
+        let report = |state: State, observed: i64| {
+            let (client, created) = (client.clone(), created.clone());
+            async move {
+                kserve::write(
+                    &client,
+                    ns,
+                    name,
+                    &state,
+                    observed,
+                    &Times::now_since(&created),
+                )
+                .await
+            }
+        };
         let key = (ns.to_string(), name.to_string());
         // Not held while the server starts: other InferenceServices may start meanwhile.
         let previous = self.models.lock().await.remove(&key);
-        if previous.is_some() {
-            write_isvc_status(&isvcs, name, generation, Status::Updating).await?;
-        } else {
-            write_isvc_status(&isvcs, name, generation, Status::Creating).await?;
+        match &previous {
+            Some(old) => {
+                let state = State::OutOfDate {
+                    revision: old.revision.clone(),
+                };
+                report(state, old.generation).await?;
+            }
+            None => report(State::NotReady, generation).await?,
         }
 
         let n = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
-        let revision = format!("{name}-predictor-{n:05}");
+        let revision = kserve::revision(name, i64::from(n));
         let ip = next_ip()?;
         // Everything up to a routed, answering revision; on failure what was registered for
         // the new revision is removed and a previous revision keeps serving (as in Knative,
         // a failed revision does not take traffic from the last ready one).
         let started: Result<ModelServer> = async {
-        let (mut server, port) = self.start_model_server(ns, name, &revision, variant, ip)?;
+        let (mut server, port) =
+            self.start_model_server(ns, name, &revision, variant, generation, ip)?;
+        if let Some(old) = &previous {
+            let state = State::Rolling {
+                ready: old.revision.clone(),
+                created: revision.clone(),
+            };
+            report(state, generation).await?;
+        }
         register_backend(
             &client,
             ns,
@@ -670,7 +642,7 @@ impl DataPlane {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             server.process.check_running()?;
-            if matches!(http_get(direct, "model", &ready_path), Some((200, _, _))) {
+            if http::get(direct, "model", &ready_path).is_some_and(|r| r.status == 200) {
                 break;
             }
             if Instant::now() > deadline {
@@ -688,7 +660,7 @@ impl DataPlane {
         // ready revision. The response header names the revision, so the harness can see when
         // the gateway routes to it (Knative's prober checks a hash header the same way).
         let predictor = format!("{name}-predictor");
-        apply(&client, &virtual_service(), Some(ns), &json!({
+        apply(&client, &knative_virtual_service(), Some(ns), &json!({
             "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": {"name": format!("{predictor}-ingress"), "namespace": ns,
                 "labels": {"networking.internal.knative.dev/ingress": predictor,
@@ -709,8 +681,8 @@ impl DataPlane {
             || {
                 let (host, path, revision) = (host.clone(), ready_path.clone(), revision.clone());
                 async move {
-                    http_get(gw, &host, &path).filter(|(status, headers, _)| {
-                        *status == 200 && headers.get(REVISION_HEADER) == Some(&revision)
+                    http::get(gw, &host, &path).filter(|r| {
+                        r.status == 200 && r.headers.get(REVISION_HEADER) == Some(&revision)
                     })
                 }
             },
@@ -732,13 +704,10 @@ impl DataPlane {
             }
         };
 
-        write_isvc_status(
-            &isvcs,
-            name,
-            generation,
-            Status::Ready(ns.to_string(), revision.clone()),
-        )
-        .await?;
+        let ready = State::Ready {
+            revision: revision.clone(),
+        };
+        report(ready, generation).await?;
         if let Some(old) = previous {
             self.retire(&client, ns, old).await;
         }
@@ -758,7 +727,7 @@ impl DataPlane {
         if let Some(old) = old {
             self.retire(&client, ns, old).await;
         }
-        let vss: Api<DynamicObject> = Api::namespaced_with(client, ns, &virtual_service());
+        let vss: Api<DynamicObject> = Api::namespaced_with(client, ns, &knative_virtual_service());
         let _ = vss
             .delete(
                 &format!("{name}-predictor-ingress"),
@@ -788,6 +757,7 @@ impl DataPlane {
         name: &str,
         revision: &str,
         variant: &str,
+        generation: i64,
         ip: Ipv4Addr,
     ) -> Result<(ModelServer, u16)> {
         let root = self.dir.path().join(format!("{ns}-{revision}"));
@@ -817,6 +787,7 @@ impl DataPlane {
             ModelServer {
                 revision: revision.to_string(),
                 variant: variant.to_string(),
+                generation,
                 process,
             },
             http,
@@ -836,8 +807,7 @@ pub async fn register_backend(
     ip: Ipv4Addr,
     target_port: u16,
 ) -> Result<()> {
-    let svc = ar("", "v1", "Service", "services");
-    apply(client, &svc, Some(ns), &json!({
+    apply(client, &service(), Some(ns), &json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": ns},
         "spec": {"selector": labels, "ports": [{"name": "http", "port": port, "targetPort": target_port}]}}))
@@ -878,93 +848,6 @@ async fn unregister_backend(client: &Client, ns: &str, name: &str) -> Result<()>
     let _ = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), ns)
         .delete(name, &dp)
         .await;
-    Ok(())
-}
-
-enum Status {
-    Creating,
-    Updating,
-    /// Namespace and ready revision.
-    Ready(String, String),
-}
-
-fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
-
-/// Writes InferenceService status through the status subresource the way KServe does in
-/// Serverless mode (shared/spec/kserve-status.md). `observedGeneration` is the Knative
-/// Service's (here: the spec generation we acted on), not compared by anyone.
-async fn write_isvc_status(
-    api: &Api<DynamicObject>,
-    name: &str,
-    generation: i64,
-    status: Status,
-) -> Result<()> {
-    let t = now();
-    let cond = |ty: &str, st: &str, reason: Option<&str>, info: bool| {
-        let mut c = json!({"type": ty, "status": st, "lastTransitionTime": t});
-        if let Some(r) = reason {
-            c["reason"] = json!(r);
-        }
-        if info {
-            c["severity"] = json!("Info");
-        }
-        c
-    };
-    let body = match status {
-        Status::Creating => json!({
-            "conditions": [
-                cond("IngressReady", "Unknown", Some("Predictor ingress not created"), false),
-                cond("PredictorReady", "Unknown", Some("RevisionMissing"), false),
-                cond("Ready", "Unknown", Some("Predictor ingress not created"), false),
-                cond("Stopped", "False", None, true)],
-            "deploymentMode": "Knative",
-            "modelStatus": {"copies": {"failedCopies": 0}, "states": {"activeModelState": "", "targetModelState": "Pending"}, "transitionStatus": "InProgress"},
-            "observedGeneration": generation}),
-        Status::Updating => json!({
-            "conditions": [
-                cond("IngressReady", "True", None, false),
-                cond("LatestDeploymentReady", "Unknown", Some("OutOfDate"), true),
-                cond("PredictorConfigurationReady", "Unknown", Some("OutOfDate"), true),
-                cond("PredictorReady", "Unknown", Some("OutOfDate"), false),
-                cond("PredictorRouteReady", "True", None, true),
-                cond("Ready", "Unknown", Some("OutOfDate"), false),
-                cond("RoutesReady", "True", None, true),
-                cond("Stopped", "False", None, true)],
-            "deploymentMode": "Knative",
-            "observedGeneration": generation}),
-        Status::Ready(ns, revision) => json!({
-            "address": {"url": format!("http://{name}.{ns}.svc.cluster.local")},
-            "components": {"predictor": {
-                "address": {"url": format!("http://{name}-predictor.{ns}.svc.cluster.local")},
-                "latestCreatedRevision": revision, "latestReadyRevision": revision,
-                "latestRolledoutRevision": revision,
-                "traffic": [{"latestRevision": true, "percent": 100, "revisionName": revision}],
-                "url": format!("http://{name}-predictor.{ns}.example.com")}},
-            "conditions": [
-                cond("IngressReady", "True", None, false),
-                cond("LatestDeploymentReady", "True", None, true),
-                cond("PredictorConfigurationReady", "True", None, true),
-                cond("PredictorReady", "True", None, false),
-                cond("PredictorRouteReady", "True", None, true),
-                cond("Ready", "True", None, false),
-                cond("RoutesReady", "True", None, true),
-                cond("Stopped", "False", None, true)],
-            "deploymentMode": "Knative",
-            "modelStatus": {"copies": {"failedCopies": 0, "totalCopies": 1}, "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"}, "transitionStatus": "UpToDate"},
-            "observedGeneration": generation,
-            "url": format!("http://{name}.{ns}.example.com")}),
-    };
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"status": body})),
-    )
-    .await
-    .with_context(|| format!("writing the status of InferenceService {name}"))?;
     Ok(())
 }
 

@@ -4,13 +4,26 @@
 //! Istio and the Gateway API. Everything stops when the [`ControlPlane`] is dropped.
 //!
 //! Binaries come from the cache `testenv/setup.sh` fills; see [`tools`].
+//!
+//! The helpers every test and the benchmark share live here too, once: [`fixtures`] (kinds,
+//! objects, CRDs), [`objects`] (apply, get, wait, status writes), [`kserve`] and
+//! [`workloads`] (status as KServe and kube-controller-manager write it), [`routes`] (what a
+//! routing object routes to) and [`http`] (a small GET client).
 
 pub mod dataplane;
+pub mod fixtures;
+pub mod http;
+pub mod kserve;
+pub mod objects;
 pub mod pki;
 pub mod process;
+pub mod routes;
 pub mod tools;
+pub mod workloads;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -288,6 +301,42 @@ impl ControlPlane {
         &self.kubeconfig_path
     }
 
+    /// Runs the pinned Helm as admin against this control plane, in `namespace`, from the
+    /// repository's root (so `charts/release` names the chart), with `stdin` piped in; returns
+    /// what it printed, or fails with all of it. Never pass `--wait`: no pod runs here.
+    pub fn helm(&self, namespace: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let mut child = Command::new(&self.tools.helm)
+            .current_dir(tools::repo_root())
+            .args(args)
+            .arg("--namespace")
+            .arg(namespace)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig_path)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", self.tools.helm.display()))?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes())
+                .context("writing helm's standard input")?;
+        }
+        let out = child.wait_with_output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "helm {} -n {namespace} failed:\n{stdout}\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(stdout)
+    }
+
     /// The API server's URL.
     pub fn server(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
@@ -530,8 +579,8 @@ fn write_audit_policy(dir: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn http_get(path: &str) -> Result<http::Request<Vec<u8>>> {
-    Ok(http::Request::get(path).body(Vec::new())?)
+fn http_get(path: &str) -> Result<::http::Request<Vec<u8>>> {
+    Ok(::http::Request::get(path).body(Vec::new())?)
 }
 
 fn b64(s: &str) -> String {

@@ -19,7 +19,8 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use testenv::dataplane::{inference_service, DataPlane};
+use testenv::dataplane::DataPlane;
+use testenv::fixtures::inference_service;
 
 /// Prefix of every line the stand-in prints.
 pub const TAG: &str = "[stand-in for KServe + Knative]";

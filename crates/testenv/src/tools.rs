@@ -18,6 +18,11 @@ pub fn version(key: &str) -> &'static str {
         .unwrap_or_else(|| panic!("testenv/versions.env has no {key}"))
 }
 
+/// The repository's root folder (this crate is `crates/testenv` in it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 /// The cache folder: `$ITER8RS_CACHE`, else `~/.cache/iter8rs`.
 pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("ITER8RS_CACHE") {

@@ -8,22 +8,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::json;
-
-fn isvc_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("serving.kserve.io", "v1beta1", "InferenceService"),
-        "inferenceservices",
-    )
-}
-
-fn vs_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("networking.istio.io", "v1beta1", "VirtualService"),
-        "virtualservices",
-    )
-}
+use testenv::fixtures::{inference_service, virtual_service};
 
 #[tokio::test]
 async fn applies_crd_objects_and_collects_garbage() {
@@ -32,7 +18,7 @@ async fn applies_crd_objects_and_collects_garbage() {
     let ns = cp.namespace("apply").await.unwrap();
     let pp = PatchParams::apply("testenv-test").force();
 
-    let isvcs: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &isvc_resource());
+    let isvcs: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &inference_service());
     let isvc = json!({
         "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
         "metadata": {"name": "wisdom-0", "labels": {"iter8.tools/watch": "true"}},
@@ -56,7 +42,7 @@ async fn applies_crd_objects_and_collects_garbage() {
         serde_json::from_value(json!({"metadata": {"name": "owner"}, "data": {"a": "b"}})).unwrap();
     let cm = cms.create(&PostParams::default(), &cm).await.unwrap();
     let uid = cm.metadata.uid.clone().unwrap();
-    let vss: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &vs_resource());
+    let vss: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &virtual_service());
     let vs = json!({
         "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
         "metadata": {"name": "wisdom", "ownerReferences": [
@@ -66,13 +52,7 @@ async fn applies_crd_objects_and_collects_garbage() {
     vss.patch("wisdom", &pp, &Patch::Apply(&vs)).await.unwrap();
     let back = vss.get("wisdom").await.unwrap();
     assert_eq!(back.data["spec"]["hosts"][0], "wisdom.default");
-    let managers: Vec<_> = back
-        .metadata
-        .managed_fields
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|m| m.manager)
-        .collect();
+    let managers = testenv::objects::field_managers(&back);
     assert!(
         managers.contains(&"testenv-test".to_string()),
         "{managers:?}"
@@ -121,7 +101,7 @@ async fn rbac_refuses_what_a_role_does_not_grant() {
         .await
         .unwrap();
     let sa = testenv::client_from_yaml(&kubeconfig).await.unwrap();
-    let vss: Api<DynamicObject> = Api::namespaced_with(sa, &ns, &vs_resource());
+    let vss: Api<DynamicObject> = Api::namespaced_with(sa, &ns, &virtual_service());
 
     // Granted: list works.
     vss.list(&Default::default())
@@ -142,7 +122,7 @@ async fn rbac_refuses_what_a_role_does_not_grant() {
     let nobody = testenv::client_from_yaml(&cp.user_kubeconfig("nobody").unwrap())
         .await
         .unwrap();
-    let err = Api::<DynamicObject>::namespaced_with(nobody, &ns, &vs_resource())
+    let err = Api::<DynamicObject>::namespaced_with(nobody, &ns, &virtual_service())
         .list(&Default::default())
         .await
         .expect_err("list must be refused");

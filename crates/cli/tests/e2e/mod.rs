@@ -2,99 +2,58 @@
 //! control plane, and the real `iter8` binary run as a child process with the token of the
 //! controller chart's ServiceAccount, the configuration the chart rendered and the arguments
 //! of the chart's Deployment. Status is written as KServe and kube-controller-manager write it
-//! (see shared/spec/kserve-status.md). Everything waits with deadlines; nothing sleeps.
+//! (see shared/spec/kserve-status.md). Everything waits with deadlines; nothing sleeps. Object,
+//! status and route helpers are thin wrappers over `testenv`'s shared ones, which panic instead
+//! of returning errors.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, DynamicObject};
+use kube::core::ApiResource;
 use kube::Client;
-use serde_json::{json, Value};
-use testenv::ControlPlane;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use serde_json::Value;
+use testenv::workloads::State;
+use testenv::{fixtures, kserve, objects, workloads, ControlPlane};
 
 /// How long any expected state may take to appear.
 pub const WAIT: Duration = Duration::from_secs(60);
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
-}
-
+/// KServe's InferenceService.
 pub fn isvc_ar() -> ApiResource {
-    ar(
-        "serving.kserve.io",
-        "v1beta1",
-        "InferenceService",
-        "inferenceservices",
-    )
+    fixtures::inference_service()
 }
+/// Istio's VirtualService, at the version the release chart's templates write.
 pub fn vs_ar() -> ApiResource {
-    ar(
-        "networking.istio.io",
-        "v1beta1",
-        "VirtualService",
-        "virtualservices",
-    )
+    fixtures::virtual_service()
 }
+/// The Gateway API's HTTPRoute.
 pub fn httproute_ar() -> ApiResource {
-    ar("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+    fixtures::http_route()
 }
+/// apps/v1 Deployment.
 pub fn deploy_ar() -> ApiResource {
-    ar("apps", "v1", "Deployment", "deployments")
+    fixtures::deployment()
 }
+/// v1 Service.
 pub fn svc_ar() -> ApiResource {
-    ar("", "v1", "Service", "services")
+    fixtures::service()
 }
+/// v1 ConfigMap.
 pub fn cm_ar() -> ApiResource {
-    ar("", "v1", "ConfigMap", "configmaps")
+    fixtures::config_map()
 }
 
 /// Runs the pinned Helm against the control plane (admin), from the repository root, with
 /// `stdin` piped in; panics with Helm's output if it fails. Never `--wait`: no pod runs here.
 pub fn helm(cp: &ControlPlane, namespace: &str, args: &[&str], stdin: Option<&str>) -> String {
-    let mut cmd = Command::new(&cp.tools().helm);
-    cmd.current_dir(repo_root())
-        .args(args)
-        .arg("--namespace")
-        .arg(namespace)
-        .arg("--kubeconfig")
-        .arg(cp.kubeconfig_path())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("running helm");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "helm {} -n {namespace} failed:\n{stdout}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    cp.helm(namespace, args, stdin)
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// `helm upgrade --install RELEASE charts/release -n NS -f -` with `values` on stdin, as the
@@ -248,18 +207,23 @@ pub async fn install_controller(
     iter8
 }
 
-/// A plain HTTP/1.0 GET; `(status code, body)`.
+/// A plain HTTP GET of `path` from `address` (`host:port`); `(status code, body)`.
 pub async fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+    let addr = address.parse().ok()?;
+    let (host, path) = (address.to_string(), path.to_string());
+    tokio::task::spawn_blocking(move || testenv::http::get(addr, &host, &path))
         .await
-        .ok()?;
-    let mut buf = String::new();
-    stream.read_to_string(&mut buf).await.ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
+        .ok()?
+        .map(|r| (r.status, r.body))
+}
+
+/// The value of one sample of Prometheus text, by its exact name with labels; absent = 0.
+fn sample(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(name, _)| *name == sample)
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or(0.0)
 }
 
 impl Iter8 {
@@ -269,13 +233,8 @@ impl Iter8 {
     }
 
     /// One sample, by its exact name with labels; absent = 0.
-    pub async fn metric(&self, sample: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .filter_map(|l| l.rsplit_once(' '))
-            .find(|(name, _)| *name == sample)
-            .map(|(_, v)| v.parse().unwrap())
-            .unwrap_or(0.0)
+    pub async fn metric(&self, name: &str) -> f64 {
+        sample(&self.metrics().await, name)
     }
 
     /// Waits until the controller watches `count` objects of `resource` (plural.group) and has
@@ -287,13 +246,7 @@ impl Iter8 {
             WAIT,
             || async {
                 let text = self.metrics().await;
-                let get = |sample: &str| {
-                    text.lines()
-                        .filter_map(|l| l.rsplit_once(' '))
-                        .find(|(name, _)| *name == sample)
-                        .map(|(_, v)| v.parse::<f64>().unwrap())
-                        .unwrap_or(0.0)
-                };
+                let get = |name: &str| sample(&text, name);
                 (get(&watched) == count as f64
                     && get("iter8_queue_depth") == 0.0
                     && get("iter8_reconciles_total")
@@ -327,10 +280,7 @@ impl Iter8 {
 
 /// The object, if present.
 pub async fn get(client: &Client, ar: &ApiResource, ns: &str, name: &str) -> Option<DynamicObject> {
-    Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar)
-        .get_opt(name)
-        .await
-        .unwrap()
+    objects::get(client, ar, ns, name).await.unwrap()
 }
 
 /// Waits until object `name` exists and `check` accepts it; returns it.
@@ -342,11 +292,9 @@ pub async fn wait_obj(
     what: &str,
     check: impl Fn(&DynamicObject) -> bool,
 ) -> DynamicObject {
-    testenv::wait_for(what, WAIT, || async {
-        get(client, ar, ns, name).await.filter(|o| check(o))
-    })
-    .await
-    .unwrap()
+    objects::wait(client, ar, ns, name, what, WAIT, check)
+        .await
+        .unwrap()
 }
 
 /// Waits until every named object is gone.
@@ -376,117 +324,46 @@ pub async fn names(client: &Client, ar: &ApiResource, ns: &str) -> Vec<String> {
 
 /// Route names of a VirtualService, in order.
 pub fn route_names(vs: &DynamicObject) -> Vec<String> {
-    vs.data["spec"]["http"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    testenv::routes::route_names(vs)
 }
 
-/// Replaces `status` through the status subresource (a merge patch replaces lists whole).
+/// Merges `status` into the object's status through the status subresource (a merge patch
+/// replaces lists whole).
 pub async fn set_status(client: &Client, ar: &ApiResource, ns: &str, name: &str, status: Value) {
-    Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar)
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({ "status": status })),
-        )
+    objects::patch_status(client, ar, ns, name, &status)
         .await
         .unwrap();
 }
 
-async fn generation(client: &Client, ar: &ApiResource, ns: &str, name: &str) -> i64 {
-    get(client, ar, ns, name)
-        .await
-        .unwrap_or_else(|| panic!("{} {ns}/{name} does not exist", ar.kind))
-        .metadata
-        .generation
-        .unwrap()
-}
-
-/// What KServe (Serverless mode) writes once the model is loaded and routed.
+/// What KServe (Serverless mode) writes once the model is loaded and routed, its Knative
+/// Service at the InferenceService's generation.
 pub async fn kserve_ready(client: &Client, ns: &str, name: &str) {
-    let g = generation(client, &isvc_ar(), ns, name).await;
-    let t = "2026-08-20T10:00:40Z";
-    let rev = format!("{name}-predictor-{g:05}");
-    let status = json!({
-        "address": {"url": format!("http://{name}.{ns}.svc.cluster.local")},
-        "components": {"predictor": {
-            "address": {"url": format!("http://{name}-predictor.{ns}.svc.cluster.local")},
-            "latestCreatedRevision": rev, "latestReadyRevision": rev, "latestRolledoutRevision": rev,
-            "traffic": [{"latestRevision": true, "percent": 100, "revisionName": rev}],
-            "url": format!("http://{name}-predictor.{ns}.example.com")}},
-        "conditions": [
-            {"type": "IngressReady", "status": "True", "lastTransitionTime": t},
-            {"type": "LatestDeploymentReady", "status": "True", "severity": "Info", "lastTransitionTime": t},
-            {"type": "PredictorConfigurationReady", "status": "True", "severity": "Info", "lastTransitionTime": t},
-            {"type": "PredictorReady", "status": "True", "lastTransitionTime": t},
-            {"type": "PredictorRouteReady", "status": "True", "severity": "Info", "lastTransitionTime": t},
-            {"type": "Ready", "status": "True", "lastTransitionTime": t},
-            {"type": "RoutesReady", "status": "True", "severity": "Info", "lastTransitionTime": t},
-            {"type": "Stopped", "status": "False", "severity": "Info", "lastTransitionTime": t}],
-        "deploymentMode": "Knative",
-        "modelStatus": {"copies": {"failedCopies": 0, "totalCopies": 1},
-            "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"}, "transitionStatus": "UpToDate"},
-        "observedGeneration": g,
-        "url": format!("http://{name}.{ns}.example.com")
-    });
-    set_status(client, &isvc_ar(), ns, name, status).await;
+    let g = objects::generation(client, &isvc_ar(), ns, name)
+        .await
+        .unwrap();
+    kserve::report(client, ns, name, true, g).await.unwrap();
 }
 
 /// What KServe (Serverless mode) writes right after creating the InferenceService.
 pub async fn kserve_not_ready(client: &Client, ns: &str, name: &str) {
-    let g = generation(client, &isvc_ar(), ns, name).await;
-    let t = "2026-08-20T10:00:02Z";
-    let status = json!({
-        "conditions": [
-            {"type": "IngressReady", "status": "Unknown", "reason": "Predictor ingress not created", "lastTransitionTime": t},
-            {"type": "PredictorReady", "status": "Unknown", "reason": "RevisionMissing",
-             "message": format!("Configuration \"{name}-predictor\" is waiting for a Revision to become ready."), "lastTransitionTime": t},
-            {"type": "Ready", "status": "Unknown", "reason": "Predictor ingress not created", "lastTransitionTime": t},
-            {"type": "Stopped", "status": "False", "severity": "Info", "lastTransitionTime": t}],
-        "deploymentMode": "Knative",
-        "modelStatus": {"copies": {"failedCopies": 0}, "states": {"activeModelState": "", "targetModelState": "Pending"}, "transitionStatus": "InProgress"},
-        "observedGeneration": g
-    });
-    set_status(client, &isvc_ar(), ns, name, status).await;
+    let g = objects::generation(client, &isvc_ar(), ns, name)
+        .await
+        .unwrap();
+    kserve::report(client, ns, name, false, g).await.unwrap();
 }
 
 /// What kube-controller-manager's deployment controller writes once the pods are available.
 pub async fn deployment_available(client: &Client, ns: &str, name: &str) {
-    let g = generation(client, &deploy_ar(), ns, name).await;
-    let status = json!({
-        "availableReplicas": 1, "readyReplicas": 1, "replicas": 1, "updatedReplicas": 1,
-        "observedGeneration": g,
-        "conditions": [
-            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
-             "message": "Deployment has minimum availability.",
-             "lastUpdateTime": "2026-08-20T10:00:30Z", "lastTransitionTime": "2026-08-20T10:00:30Z"},
-            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
-             "message": format!("ReplicaSet \"{name}-5d9c7b6f4\" has successfully progressed."),
-             "lastUpdateTime": "2026-08-20T10:00:30Z", "lastTransitionTime": "2026-08-20T10:00:01Z"}]
-    });
-    set_status(client, &deploy_ar(), ns, name, status).await;
+    workloads::observe(client, ns, name, State::Available)
+        .await
+        .unwrap();
 }
 
 /// What the deployment controller writes right after creating a Deployment's first ReplicaSet.
 pub async fn deployment_progressing(client: &Client, ns: &str, name: &str) {
-    let g = generation(client, &deploy_ar(), ns, name).await;
-    let status = json!({
-        "replicas": 1, "updatedReplicas": 1, "unavailableReplicas": 1,
-        "observedGeneration": g,
-        "conditions": [
-            {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
-             "message": "Deployment does not have minimum availability.",
-             "lastUpdateTime": "2026-08-20T10:00:01Z", "lastTransitionTime": "2026-08-20T10:00:01Z"},
-            {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
-             "message": format!("ReplicaSet \"{name}-5d9c7b6f4\" is progressing."),
-             "lastUpdateTime": "2026-08-20T10:00:01Z", "lastTransitionTime": "2026-08-20T10:00:01Z"}]
-    });
-    set_status(client, &deploy_ar(), ns, name, status).await;
+    workloads::observe(client, ns, name, State::Progressing)
+        .await
+        .unwrap();
 }
 
 /// The single ownerReference of a routing object must be its routemap ConfigMap.

@@ -1,5 +1,8 @@
 //! Helpers for controller tests against the real control plane: run a controller in-process,
 //! write objects the way Helm, KServe and kube-controller-manager do, and wait for conditions.
+//! What is not about the in-process controller is a thin wrapper over `testenv`'s shared
+//! helpers ([`testenv::fixtures`], [`testenv::objects`], [`testenv::kserve`],
+//! [`testenv::routes`]), which panics instead of returning errors.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -11,33 +14,34 @@ use iter8_k8s::{Controller, Leadership, Options};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::core::ApiResource;
 use kube::Client;
 use serde_json::{json, Value};
+use testenv::{fixtures, kserve, objects};
 use tokio::sync::Notify;
 
-pub const WAIT: Duration = Duration::from_secs(30);
-
+/// KServe's InferenceService.
 pub fn isvc_ar() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("serving.kserve.io", "v1beta1", "InferenceService"),
-        "inferenceservices",
-    )
+    fixtures::inference_service()
 }
 
+/// Istio's VirtualService, at the version the tutorial's templates write.
 pub fn vs_ar() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("networking.istio.io", "v1beta1", "VirtualService"),
-        "virtualservices",
-    )
+    fixtures::virtual_service()
 }
 
+/// apps/v1 Deployment.
 pub fn deploy_ar() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("apps", "v1", "Deployment"),
-        "deployments",
-    )
+    fixtures::deployment()
 }
+
+/// Route names of a VirtualService, in order.
+pub fn route_names(vs: &DynamicObject) -> Vec<String> {
+    testenv::routes::route_names(vs)
+}
+
+/// How long any expected state may take to appear.
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// A controller running in this process; stops when dropped.
 pub struct Running {
@@ -90,63 +94,33 @@ pub async fn start_controller(client: Client, namespace: &str, config: Config) -
 
 /// The tutorial's routemap (spec section 4), for `versions` versions, in `ns`.
 pub fn tutorial_str_spec(ns: &str, versions: usize) -> String {
-    let full = include_str!("../../../core/testdata/kserve-canary/routemap-step2.yaml");
-    let mut spec = full.replace("default", ns);
-    if versions == 1 {
-        // Drop the second version and the candidate block of the template.
-        let start = spec
-            .find("- resources:\n  - gvrShort: isvc\n    name: wisdom-1")
-            .unwrap();
-        let end = spec.find("routingTemplates:").unwrap();
-        spec.replace_range(start..end, "");
-        let start = spec.find("    {{- if gt (index .Weights 1) 0 }}").unwrap();
-        let end = spec.find("    {{- end }}\n").unwrap() + "    {{- end }}\n".len();
-        spec.replace_range(start..end, "");
-    }
-    spec
+    fixtures::tutorial_routemap("wisdom", ns, versions).unwrap()
 }
 
 /// Applies a routemap ConfigMap as the release chart would.
 pub async fn apply_routemap(client: &Client, ns: &str, name: &str, data: Value) -> ConfigMap {
-    let cm = json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": ns, "labels": {
-            "app.kubernetes.io/managed-by": "iter8",
-            "iter8.tools/kind": "routemap",
-            "iter8.tools/version": "v1.1"}},
-        "data": data,
-    });
     Api::<ConfigMap>::namespaced(client.clone(), ns)
         .patch(
             name,
             &PatchParams::apply("helm").force(),
-            &Patch::Apply(&cm),
+            &Patch::Apply(&fixtures::routemap_object(name, data)),
         )
         .await
         .unwrap()
 }
 
-/// Applies an InferenceService as the release chart renders it (no status yet).
+/// Applies InferenceService `name` of application `wisdom` as the release chart renders it
+/// (no status yet).
 pub async fn apply_isvc(client: &Client, ns: &str, name: &str, storage: &str) -> DynamicObject {
-    let obj = json!({
-        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": {"name": name, "namespace": ns, "labels": {
-            "app.kubernetes.io/name": "wisdom", "iter8.tools/watch": "true"}},
-        "spec": {"predictor": {"minReplicas": 1, "model": {"modelFormat": {"name": "sklearn"},
-            "runtime": "kserve-mlserver", "storageUri": storage}}}
-    });
-    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &isvc_ar())
-        .patch(
-            name,
-            &PatchParams::apply("helm").force(),
-            &Patch::Apply(&obj),
-        )
+    let obj = fixtures::inference_service_object("wisdom", name, storage);
+    objects::apply(client, &isvc_ar(), Some(ns), &obj, "helm")
         .await
         .unwrap()
 }
 
 /// Writes an InferenceService's status through the status subresource, as KServe does
-/// (Serverless mode; see shared/spec/kserve-status.md). `observed_generation` is the child's.
+/// (Serverless mode; see shared/spec/kserve-status.md): just created (`ready` false) or ready.
+/// `observed_generation` is the child's.
 pub async fn set_isvc_status(
     client: &Client,
     ns: &str,
@@ -154,67 +128,22 @@ pub async fn set_isvc_status(
     ready: bool,
     observed_generation: i64,
 ) {
-    let t = "2026-08-20T10:00:40Z";
-    let status = if ready {
-        json!({
-            "address": {"url": format!("http://{name}.{ns}.svc.cluster.local")},
-            "components": {"predictor": {
-                "address": {"url": format!("http://{name}-predictor.{ns}.svc.cluster.local")},
-                "latestCreatedRevision": format!("{name}-predictor-00001"),
-                "latestReadyRevision": format!("{name}-predictor-00001"),
-                "latestRolledoutRevision": format!("{name}-predictor-00001"),
-                "traffic": [{"latestRevision": true, "percent": 100, "revisionName": format!("{name}-predictor-00001")}],
-                "url": format!("http://{name}-predictor.{ns}.example.com")}},
-            "conditions": [
-                {"type": "IngressReady", "status": "True", "lastTransitionTime": t},
-                {"type": "LatestDeploymentReady", "status": "True", "severity": "Info", "lastTransitionTime": t},
-                {"type": "PredictorConfigurationReady", "status": "True", "severity": "Info", "lastTransitionTime": t},
-                {"type": "PredictorReady", "status": "True", "lastTransitionTime": t},
-                {"type": "PredictorRouteReady", "status": "True", "severity": "Info", "lastTransitionTime": t},
-                {"type": "Ready", "status": "True", "lastTransitionTime": t},
-                {"type": "RoutesReady", "status": "True", "severity": "Info", "lastTransitionTime": t},
-                {"type": "Stopped", "status": "False", "severity": "Info", "lastTransitionTime": t}],
-            "deploymentMode": "Knative",
-            "modelStatus": {"copies": {"failedCopies": 0, "totalCopies": 1},
-                "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"}, "transitionStatus": "UpToDate"},
-            "observedGeneration": observed_generation,
-            "url": format!("http://{name}.{ns}.example.com")
-        })
-    } else {
-        json!({
-            "conditions": [
-                {"type": "IngressReady", "status": "Unknown", "reason": "Predictor ingress not created", "lastTransitionTime": t},
-                {"type": "PredictorReady", "status": "Unknown", "reason": "RevisionMissing",
-                 "message": format!("Configuration \"{name}-predictor\" is waiting for a Revision to become ready."), "lastTransitionTime": t},
-                {"type": "Ready", "status": "Unknown", "reason": "Predictor ingress not created", "lastTransitionTime": t},
-                {"type": "Stopped", "status": "False", "severity": "Info", "lastTransitionTime": t}],
-            "deploymentMode": "Knative",
-            "modelStatus": {"copies": {"failedCopies": 0}, "states": {"activeModelState": "", "targetModelState": "Pending"}, "transitionStatus": "InProgress"},
-            "observedGeneration": observed_generation
-        })
-    };
-    set_status(client, ns, name, &isvc_ar(), status).await;
+    kserve::report(client, ns, name, ready, observed_generation)
+        .await
+        .unwrap();
 }
 
-/// Replaces `status` through the status subresource.
+/// Merges `status` into the object's status through the status subresource (lists, such as
+/// `conditions`, are replaced whole).
 pub async fn set_status(client: &Client, ns: &str, name: &str, ar: &ApiResource, status: Value) {
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar);
-    // Merge patch of the whole status, replacing conditions (lists are replaced in merge patches).
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"status": status})),
-    )
-    .await
-    .unwrap();
+    objects::patch_status(client, ar, ns, name, &status)
+        .await
+        .unwrap();
 }
 
 /// The VirtualService, if present.
 pub async fn get_vs(client: &Client, ns: &str, name: &str) -> Option<DynamicObject> {
-    Api::<DynamicObject>::namespaced_with(client.clone(), ns, &vs_ar())
-        .get_opt(name)
-        .await
-        .unwrap()
+    objects::get(client, &vs_ar(), ns, name).await.unwrap()
 }
 
 /// Waits until VirtualService `name` exists and `check` accepts it; returns it.
@@ -225,45 +154,22 @@ pub async fn wait_vs(
     what: &str,
     check: impl Fn(&DynamicObject) -> bool,
 ) -> DynamicObject {
-    testenv::wait_for(what, WAIT, || async {
-        get_vs(client, ns, name).await.filter(|vs| check(vs))
-    })
-    .await
-    .unwrap()
-}
-
-/// Route names of a VirtualService, in order.
-pub fn route_names(vs: &DynamicObject) -> Vec<String> {
-    vs.data["spec"]["http"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|r| r["name"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    objects::wait(client, &vs_ar(), ns, name, what, WAIT, check)
+        .await
+        .unwrap()
 }
 
 /// The expected spec of the tutorial's VirtualService for a step, with `ns` for `default`.
 pub fn expected_vs_spec(ns: &str, step: u8) -> Value {
-    let text = match step {
-        1 => include_str!("../../../core/testdata/kserve-canary/virtualservice-step1.yaml"),
-        _ => include_str!("../../../core/testdata/kserve-canary/virtualservice-step2.yaml"),
-    };
-    let v: Value = serde_yaml::from_str(&text.replace("default", ns)).unwrap();
-    v["spec"].clone()
+    fixtures::tutorial_virtual_service_spec(ns, step).unwrap()
 }
 
 /// Warning Events about routemap `name` in `ns`, as "Reason: note".
 pub async fn warnings(client: &Client, ns: &str, name: &str) -> Vec<String> {
-    Api::<Event>::namespaced(client.clone(), ns)
-        .list(&Default::default())
+    events(client, ns, name)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
         .map(|e| {
             format!(
                 "{}: {}",
@@ -272,6 +178,23 @@ pub async fn warnings(client: &Client, ns: &str, name: &str) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Waits for a Warning Event on routemap `ns/routemap` whose "Reason: note" contains every
+/// needle; returns it, or panics listing the Warnings there are.
+pub async fn wait_warning(client: &Client, ns: &str, routemap: &str, needles: &[&str]) -> String {
+    let what = format!("a Warning Event on {routemap} containing {needles:?}");
+    let found = testenv::wait_for(&what, WAIT, || async {
+        warnings(client, ns, routemap)
+            .await
+            .into_iter()
+            .find(|w| needles.iter().all(|n| w.contains(n)))
+    })
+    .await;
+    match found {
+        Ok(w) => w,
+        Err(e) => panic!("{e}; warnings: {:#?}", warnings(client, ns, routemap).await),
+    }
 }
 
 /// All Events about routemap `name` in `ns`.
@@ -291,6 +214,7 @@ pub fn config() -> Config {
     Config::default()
 }
 
+/// A cluster-scoped config with the default resource types.
 pub fn cluster_config() -> Config {
     Config {
         cluster_scoped: true,
