@@ -2,6 +2,7 @@
 //! differ. Pure text processing.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 /// Empty comment inserted to stop gotmpl's extra trimming; it produces no output and
 /// trims nothing.
@@ -112,6 +113,123 @@ pub(crate) fn check_block_balance(src: &str) -> Result<(), String> {
     }
 }
 
+/// Most `{{template}}` invocations one execution may make, counting the templates they
+/// invoke in turn (a `{{range}}` around a call multiplies it, within the range budget).
+pub(crate) const MAX_TEMPLATE_CALLS: usize = 100;
+
+/// gotmpl limits nesting depth (200) but not fan-out: `{{define "a"}}` invoking `b` twice,
+/// `b` invoking `c` twice, and so on, runs 2^n templates, and a template that invokes
+/// itself twice runs 2^200. So the `{{template}}` and `{{block}}` calls are read before
+/// parsing, and a template that calls itself (directly or through others) or expands to
+/// more than [`MAX_TEMPLATE_CALLS`] invocations is refused.
+pub(crate) fn check_template_calls(src: &str) -> Result<(), String> {
+    // Calls made by the main body ("") and by each `{{define}}`d template.
+    let mut calls: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Open blocks; `Some(name)` for a define (or block) whose body is `name`.
+    let mut open: Vec<Option<String>> = Vec::new();
+    let mut i = 0;
+    while let Some(offset) = src[i..].find("{{") {
+        let start = i + offset;
+        let mut j = start + 2;
+        if src[j..].starts_with('-') && src[j + 1..].starts_with([' ', '\t', '\r', '\n']) {
+            j += 2;
+        }
+        let k = j + whitespace_len(&src[j..]);
+        if src[k..].starts_with("/*") {
+            let Some(end) = src[k + 2..].find("*/") else {
+                return Ok(());
+            };
+            i = k + 2 + end + 2;
+            continue;
+        }
+        let word = src[k..]
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or_default();
+        let scope = open
+            .iter()
+            .rev()
+            .flatten()
+            .next()
+            .cloned()
+            .unwrap_or_default();
+        let named = || quoted_name(&src[k + word.len()..]);
+        match word {
+            "define" => open.push(Some(named().unwrap_or_default())),
+            "block" => {
+                let name = named().unwrap_or_default();
+                calls.entry(scope).or_default().push(name.clone());
+                open.push(Some(name));
+            }
+            "template" => {
+                if let Some(name) = named() {
+                    calls.entry(scope).or_default().push(name);
+                }
+            }
+            "if" | "range" | "with" => open.push(None),
+            "end" => {
+                open.pop();
+            }
+            _ => {}
+        }
+        i = skip_action(src, k);
+    }
+    let mut expansions: BTreeMap<String, usize> = BTreeMap::new();
+    let mut path: Vec<String> = Vec::new();
+    let total = expand("", &calls, &mut expansions, &mut path)?;
+    if total > MAX_TEMPLATE_CALLS + 1 {
+        return Err(format!(
+            "invokes templates {} times (through {{{{template}}}} and {{{{block}}}}), more than \
+             the limit of {MAX_TEMPLATE_CALLS}",
+            total - 1
+        ));
+    }
+    Ok(())
+}
+
+/// How many templates running `name` runs, itself included; an error on a cycle.
+fn expand(
+    name: &str,
+    calls: &BTreeMap<String, Vec<String>>,
+    memo: &mut BTreeMap<String, usize>,
+    path: &mut Vec<String>,
+) -> Result<usize, String> {
+    if let Some(n) = memo.get(name) {
+        return Ok(*n);
+    }
+    if path.iter().any(|p| p == name) {
+        return Err(format!(
+            "template {name:?} invokes itself (through {}); recursive templates are not supported",
+            path.iter()
+                .skip_while(|p| *p != name)
+                .map(|p| format!("{p:?}"))
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        ));
+    }
+    path.push(name.to_string());
+    let mut n: usize = 1;
+    for callee in calls.get(name).map(Vec::as_slice).unwrap_or_default() {
+        n = n.saturating_add(expand(callee, calls, memo, path)?);
+        // Stop early: the exact count does not matter once over the limit.
+        if n > MAX_TEMPLATE_CALLS + 1 {
+            break;
+        }
+    }
+    path.pop();
+    memo.insert(name.to_string(), n);
+    Ok(n)
+}
+
+/// The quoted name after `define`, `template` or `block`.
+fn quoted_name(rest: &str) -> Option<String> {
+    let rest = rest.trim_start();
+    let quote = rest.chars().next().filter(|c| *c == '"' || *c == '`')?;
+    let body = &rest[1..];
+    let end = body.find(quote)?;
+    Some(body[..end].to_string())
+}
+
 fn whitespace_len(s: &str) -> usize {
     s.len() - s.trim_start_matches([' ', '\t', '\r', '\n']).len()
 }
@@ -149,6 +267,29 @@ fn skip_action(src: &str, from: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn template_calls_are_bounded_and_never_recursive() {
+        let ok = r#"{{define "route"}}r{{end}}{{template "route" .}}{{template "route" .}}{{block "b" .}}x{{end}}"#;
+        assert_eq!(check_template_calls(ok), Ok(()));
+        let recursive = r#"{{define "a"}}{{template "b" .}}{{end}}{{define "b"}}{{if .}}{{template "a" .}}{{end}}{{end}}{{template "a" .}}"#;
+        let err = check_template_calls(recursive).unwrap_err();
+        assert!(
+            err.contains("\"a\" invokes itself (through \"a\" -> \"b\")"),
+            "{err}"
+        );
+        // Fan-out 2 over 8 levels: 510 invocations.
+        let mut wide = String::new();
+        for level in 0..8 {
+            wide.push_str(&format!(
+                "{{{{define \"t{level}\"}}}}{{{{template \"t{n}\" .}}}}{{{{template \"t{n}\" .}}}}{{{{end}}}}",
+                n = level + 1
+            ));
+        }
+        wide.push_str(r#"{{define "t8"}}x{{end}}{{template "t0" .}}"#);
+        let err = check_template_calls(&wide).unwrap_err();
+        assert!(err.contains("more than the limit of 100"), "{err}");
+    }
 
     #[test]
     fn inserts_after_left_only_trim_comments() {

@@ -16,6 +16,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod availability;
+mod budget;
 pub mod config;
 mod gotemplate;
 pub mod render;

@@ -19,15 +19,16 @@ use gotmpl::{TemplateError, Value as TValue};
 use serde_json::Value;
 
 use crate::availability::Weighing;
+use crate::budget::{metered_funcs, Budget, WORK_BUDGET};
 use crate::config::json_type;
-use crate::gotemplate::{check_block_balance, fix_left_trim_comments};
+use crate::gotemplate::{check_block_balance, check_template_calls, fix_left_trim_comments};
 use crate::routemap::Routemap;
 
 /// Largest accepted rendered output, in bytes.
 pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
 
 /// Budget of `{{range}}` iterations per execution; real templates use a handful.
-const MAX_RANGE_ITERS: u64 = 100_000;
+const MAX_RANGE_ITERS: u64 = 10_000;
 
 /// Routemap ConfigMap metadata visible to templates.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -201,9 +202,15 @@ fn render_template(name: &str, source: &str, data: &TValue) -> Result<Option<Val
         template: name.to_string(),
         message,
     })?;
+    check_template_calls(source).map_err(|message| RenderError::Parse {
+        template: name.to_string(),
+        message,
+    })?;
     let source = fix_left_trim_comments(source);
+    let budget = Budget::new(WORK_BUDGET);
     let template = gotmpl::html::Template::new(name)
         .max_range_iters(MAX_RANGE_ITERS)
+        .funcs(metered_funcs(&budget))
         .parse(&source)
         .map_err(|e| RenderError::Parse {
             template: name.to_string(),

@@ -133,6 +133,32 @@ impl Applier {
             &target.namespace,
             &target.gvr.api_resource(&desired.kind),
         );
+        // Not seen by the routing watch: it may still exist without our label. A forced apply
+        // would take it over; refuse instead, unless this routemap owns it (an object the
+        // original Iter8 controller wrote for it, say).
+        if live.is_none() {
+            match api.get_opt(&target.name).await {
+                Ok(None) => {}
+                Ok(Some(existing))
+                    if crate::state::routemap_owner(&existing)
+                        .is_some_and(|r| r.name == routemap.name && r.uid == uid) => {}
+                Ok(Some(existing)) => {
+                    return Err(Error::Taken(format!(
+                        "{} {}/{} exists and was not written by this controller ({}); not taking it over",
+                        desired.kind,
+                        target.namespace,
+                        target.name,
+                        describe_owner(&existing)
+                    )))
+                }
+                Err(e) => {
+                    return Err(Error::api(
+                        format!("get {} {}/{}", desired.kind, target.namespace, target.name),
+                        e,
+                    ))
+                }
+            }
+        }
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         match api.patch(&target.name, &pp, &Patch::Apply(&object)).await {
             Ok(obj) => {
@@ -309,6 +335,29 @@ pub fn with_ownership(mut obj: Value, key: &RoutemapKey, uid: &str) -> Value {
     }
     meta["annotations"][APPLIED_HASH_ANNOTATION] = json!(hash);
     obj
+}
+
+/// Who an existing object belongs to, in words: its owners, else its field managers.
+pub fn describe_owner(obj: &DynamicObject) -> String {
+    use kube::ResourceExt;
+    let owners: Vec<String> = obj
+        .owner_references()
+        .iter()
+        .map(|r| format!("{} {}", r.kind, r.name))
+        .collect();
+    if !owners.is_empty() {
+        return format!("owned by {}", owners.join(", "));
+    }
+    let managers: Vec<String> = obj
+        .managed_fields()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    if managers.is_empty() {
+        "no owner".to_string()
+    } else {
+        format!("managed by {}", managers.join(", "))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

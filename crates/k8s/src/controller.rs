@@ -592,7 +592,31 @@ impl Controller {
             let target = &desired.target;
             // Written again: a later prune of it is news again.
             reports.push(Report::fine(prune_subject(target)));
-            let live = self.lock_state().routing(target);
+            // Never take over an object another routemap (or anybody else) owns.
+            let claimed = {
+                let mut st = self.lock_state();
+                st.claim(target, key).map(|()| st.routing(target))
+            };
+            let live = match claimed {
+                Ok(live) => live,
+                Err(why) => {
+                    all_applied = false;
+                    // Retried with backoff: the object may be released.
+                    retry = true;
+                    reports.push(Report::about(
+                        subject,
+                        Note::warning(
+                            "RefusedObject",
+                            "target",
+                            format!(
+                                "routing template {}: not taking over {} {}/{}: {why}",
+                                desired.template, desired.kind, target.namespace, target.name
+                            ),
+                        ),
+                    ));
+                    continue;
+                }
+            };
             let started = Instant::now();
             match self.applier.apply(key, uid, desired, live.as_ref()).await {
                 Ok(Applied::Unchanged) => reports.push(Report::fine(subject)),
@@ -616,7 +640,8 @@ impl Controller {
                 Err(e) => {
                     all_applied = false;
                     let transient = e.is_transient();
-                    retry |= transient;
+                    // A taken object may be released: look again later.
+                    retry |= transient || matches!(e, Error::Taken(_));
                     let (reason, category) = if transient {
                         ("ApplyFailed", "apply")
                     } else {

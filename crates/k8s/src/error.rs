@@ -91,6 +91,9 @@ pub enum Error {
     /// Discovery does not list the resource type (its CRD is not installed).
     #[error("the API server does not serve {0}")]
     NotServed(Gvr),
+    /// The object exists and belongs to someone else; the controller does not take it over.
+    #[error("{0}")]
+    Taken(String),
 }
 
 impl Error {
@@ -110,6 +113,7 @@ impl Error {
             Error::NotLeader => false,
             Error::Api { failure, .. } => failure.is_transient(),
             Error::NotServed(_) => true,
+            Error::Taken(_) => false,
         }
     }
 

@@ -146,6 +146,9 @@ pub struct State {
     references: HashMap<RoutemapKey, Vec<ObjectKey>>,
     /// Live routing objects, by their own key.
     routing: HashMap<ObjectKey, RoutingObject>,
+    /// Which routemap is writing each routing object, so two routemaps rendering the same
+    /// object in concurrent workers cannot both take it: the first keeps it.
+    claims: HashMap<ObjectKey, RoutemapKey>,
     stuck: HashMap<ObjectKey, StuckDeletion>,
 }
 
@@ -269,7 +272,34 @@ impl State {
     /// Forgets a routemap.
     pub fn remove_routemap(&mut self, key: &RoutemapKey) -> Option<RoutemapRecord> {
         self.unindex(key);
+        self.claims.retain(|_, owner| owner != key);
         self.routemaps.remove(key)
+    }
+
+    /// Claims routing object `target` for `routemap`, unless another routemap owns or claims
+    /// it; returns that routemap, or why the object is not to be touched.
+    pub fn claim(&mut self, target: &ObjectKey, routemap: &RoutemapKey) -> Result<(), String> {
+        if let Some(live) = self.routing.get(target) {
+            match &live.owner {
+                Some((name, _)) if live.ours && name == &routemap.name => {}
+                Some((name, _)) if live.ours => {
+                    return Err(format!(
+                        "it belongs to routemap {}/{name}",
+                        target.namespace
+                    ))
+                }
+                _ => return Err("it was not written by this controller".to_string()),
+            }
+        }
+        match self.claims.get(target) {
+            Some(other) if other != routemap && self.routemaps.contains_key(other) => {
+                Err(format!("routemap {other} renders it already"))
+            }
+            _ => {
+                self.claims.insert(target.clone(), routemap.clone());
+                Ok(())
+            }
+        }
     }
 
     fn unindex(&mut self, key: &RoutemapKey) {
@@ -332,6 +362,7 @@ impl State {
     /// Forgets a routing object.
     pub fn remove_routing(&mut self, key: &ObjectKey) {
         self.routing.remove(key);
+        self.claims.remove(key);
     }
 
     /// Replaces every routing object of one type (after a watch (re)list).

@@ -638,3 +638,82 @@ async fn a_type_the_controller_may_not_read_holds_the_routemaps_that_read_it() {
         before.resource_version()
     );
 }
+
+#[tokio::test]
+async fn an_existing_object_the_controller_did_not_write_is_not_taken_over() {
+    let env = Env::new("not-ours").await;
+    let _ctl = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let theirs = json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+        "metadata": {"name": "wisdom", "namespace": env.ns},
+        "spec": {"hosts": ["theirs.example.com"]},
+    });
+    let before = Api::<DynamicObject>::namespaced_with(env.client.clone(), &env.ns, &vs_ar())
+        .patch(
+            "wisdom",
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(&theirs),
+        )
+        .await
+        .unwrap();
+    env.step1().await;
+    let w = env
+        .warning(&[
+            "RefusedObject",
+            "VirtualService",
+            "not written by this controller",
+        ])
+        .await;
+    assert!(w.contains("someone-else"), "names who has it: {w}");
+    let after = env.vs("wisdom").await.unwrap();
+    assert_eq!(after.resource_version(), before.resource_version());
+    assert_eq!(after.data["spec"]["hosts"], json!(["theirs.example.com"]));
+}
+
+#[tokio::test]
+async fn two_routemaps_rendering_one_object_keep_a_stable_winner() {
+    let env = Env::new("two-owners").await;
+    let ctl = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    env.step1().await;
+    let first = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
+        true
+    })
+    .await;
+    // A second routemap renders the same VirtualService.
+    apply_routemap(
+        &env.client,
+        &env.ns,
+        "copycat",
+        json!({"strSpec": tutorial_str_spec(&env.ns, 1)}),
+    )
+    .await;
+    let w = testenv::wait_for("a Warning on the second routemap", WAIT, || async {
+        warnings(&env.client, &env.ns, "copycat")
+            .await
+            .into_iter()
+            .find(|w| w.contains("RefusedObject"))
+    })
+    .await
+    .unwrap();
+    assert!(
+        w.contains(&format!("belongs to routemap {}/{ROUTEMAP}", env.ns)),
+        "names the owner: {w}"
+    );
+    let vs = env.vs("wisdom").await.unwrap();
+    assert_eq!(vs.resource_version(), first.resource_version());
+    assert_eq!(vs.owner_references()[0].name, ROUTEMAP);
+
+    // Deleting the second routemap deletes nothing of the first's.
+    let reconciles = ctl.c.metrics().reconciles.get();
+    Api::<ConfigMap>::namespaced(env.client.clone(), &env.ns)
+        .delete("copycat", &DeleteParams::default())
+        .await
+        .unwrap();
+    ctl.wait_metric("the deletion to be reconciled", |m| {
+        m.reconciles.get() > reconciles
+    })
+    .await;
+    ctl.settled().await;
+    assert!(env.vs("wisdom").await.is_some());
+    assert_eq!(ctl.c.metrics().deletes.get(), 0);
+}
