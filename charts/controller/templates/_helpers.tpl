@@ -77,7 +77,9 @@ RBAC rules, least privilege: only what the controller calls (crates/k8s).
   - every configured type: list/watch (its watch), plus patch to remove the legacy
     `iter8.tools/finalizer` from objects being deleted (a JSON merge patch);
   - routing types (configured types whose resource is in routingResources): also
-    create/patch/delete, for server-side apply (which creates missing objects) and clean-up;
+    create/patch/delete, for server-side apply (which creates missing objects) and clean-up,
+    and get, to see that an object it is about to create does not exist unlabelled already
+    (it never takes over an object it did not write);
   - configmaps get/list/watch (routemaps) even if `cm` is not a configured type; get: before
     deleting a routemap's routing objects, ask whether its ConfigMap is really gone;
   - events.k8s.io events create/patch (the only Event API used).
@@ -102,7 +104,7 @@ RBAC rules, least privilege: only what the controller calls (crates/k8s).
 {{- range $group, $resources := $routing }}
 - apiGroups: {{ list $group | toJson }}
   resources: {{ sortAlpha $resources | toJson }}
-  verbs: ["create", "patch", "delete"]
+  verbs: ["create", "get", "patch", "delete"]
 {{- end }}
 - apiGroups: [""]
   resources: ["configmaps"]

@@ -15,7 +15,7 @@ use gotmpl::{FuncMap, TemplateError, Value};
 
 /// Bytes the metered functions of one execution may build or compare in total. Real routing
 /// templates use a few kilobytes.
-pub const WORK_BUDGET: usize = 32 * 1024 * 1024;
+pub const WORK_BUDGET: usize = 8 * 1024 * 1024;
 
 /// Largest padding one printf verb can add (gotmpl clamps widths to this).
 const MAX_WIDTH: usize = u16::MAX as usize;
@@ -194,7 +194,7 @@ mod tests {
         let src = r#"{{$s := "x"}}{{range .}}{{$s = printf "%s%s" $s $s}}{{end}}{{len $s}}"#;
         assert_eq!(run_n(src, WORK_BUDGET, 10).expect("small"), "1024");
         let err = run_n(src, WORK_BUDGET, 40).expect_err("a 2^40 byte string");
-        assert!(err.to_string().contains("more than 32 MiB"), "{err}");
+        assert!(err.to_string().contains("more than 8 MiB"), "{err}");
     }
 
     #[test]

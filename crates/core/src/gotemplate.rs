@@ -93,7 +93,15 @@ pub(crate) fn check_block_balance(src: &str) -> Result<(), String> {
             .next()
             .unwrap_or_default();
         match word {
-            "if" | "range" | "with" | "define" | "block" => open.push((word, start)),
+            "if" | "range" | "with" | "define" | "block" => {
+                open.push((word, start));
+                if open.len() > MAX_NESTING {
+                    return Err(format!(
+                        "line {}: blocks nested more than {MAX_NESTING} deep",
+                        line_of(start)
+                    ));
+                }
+            }
             "end" if open.pop().is_none() => {
                 return Err(format!("line {}: unexpected {{{{end}}}}", line_of(start)))
             }
@@ -112,6 +120,11 @@ pub(crate) fn check_block_balance(src: &str) -> Result<(), String> {
         None => Ok(()),
     }
 }
+
+/// Deepest nesting of `if`, `range`, `with`, `define` and `block`. The html/template escaper
+/// gotmpl ports analyses a nested block's body twice per level, so its time doubles with every
+/// level (26 nested ranges take minutes); real routing templates nest two or three deep.
+pub(crate) const MAX_NESTING: usize = 10;
 
 /// Most `{{template}}` invocations one execution may make, counting the templates they
 /// invoke in turn (a `{{range}}` around a call multiplies it, within the range budget).
@@ -267,6 +280,16 @@ fn skip_action(src: &str, from: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_is_bounded() {
+        let nested = |n: usize| format!("{}x{}", "{{range .}}".repeat(n), "{{end}}".repeat(n));
+        assert_eq!(check_block_balance(&nested(MAX_NESTING)), Ok(()));
+        assert_eq!(
+            check_block_balance(&nested(MAX_NESTING + 1)),
+            Err("line 1: blocks nested more than 10 deep".to_string())
+        );
+    }
 
     #[test]
     fn template_calls_are_bounded_and_never_recursive() {

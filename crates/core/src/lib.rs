@@ -21,6 +21,7 @@ pub mod config;
 mod gotemplate;
 pub mod render;
 pub mod routemap;
+pub mod yaml;
 
 pub use availability::{weigh, Observed, Weighing};
 pub use config::{Config, ConfigError, ResourceType};

@@ -275,14 +275,18 @@ impl fmt::Write for LimitedWriter {
 }
 
 /// Decodes rendered text as one YAML mapping; empty or content-free output is `None`.
+/// Output that expands past [`crate::yaml::Limits::DEFAULT`] (aliases, nesting) is invalid:
+/// decoding stops there instead of filling memory.
 pub fn decode_output(template: &str, text: &str) -> Result<Option<Value>, RenderError> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let value: Value = serde_yaml::from_str(text).map_err(|e| RenderError::InvalidYaml {
-        template: template.to_string(),
-        message: e.to_string(),
-    })?;
+    let limits = crate::yaml::Limits::DEFAULT;
+    let value =
+        crate::yaml::from_str_bounded(text, limits).map_err(|e| RenderError::InvalidYaml {
+            template: template.to_string(),
+            message: e.to_string(),
+        })?;
     match value {
         Value::Null => Ok(None),
         Value::Object(_) => Ok(Some(value)),

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::config::Config;
+use crate::yaml::{self, Limits};
 
 /// ConfigMap data key holding the routemap YAML.
 pub const STR_SPEC_KEY: &str = "strSpec";
@@ -15,15 +16,28 @@ pub const STR_SPEC_KEY: &str = "strSpec";
 /// work a single routemap can make the controller do.
 pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
 
+/// Largest accepted `strSpec`, in bytes: what a ConfigMap can hold at most.
+pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
+
 /// Errors that make a routemap unusable. Shown to users as Warning Events.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoutemapError {
     /// The ConfigMap has no `strSpec` key (for callers reading the ConfigMap).
     #[error("routemap has no {STR_SPEC_KEY} key")]
     MissingSpec,
-    /// `strSpec` is not YAML of the expected shape.
+    /// `strSpec` is not YAML of the expected shape, or expands past [`Limits::DEFAULT`].
     #[error("invalid routemap {STR_SPEC_KEY}: {0}")]
     Yaml(String),
+    /// `strSpec` exceeds [`MAX_SPEC_BYTES`].
+    #[error(
+        "invalid routemap {STR_SPEC_KEY}: it is {size} bytes, more than the limit of {limit} bytes"
+    )]
+    SpecTooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// `versions` is empty or absent.
     #[error("routemap must have at least one version")]
     NoVersions,
@@ -147,6 +161,9 @@ where
 /// the controller is not cluster-scoped every resource namespace (if given) equals
 /// `routemap_ns`, and no template is larger than [`MAX_TEMPLATE_BYTES`].
 ///
+/// The work is bounded: a `strSpec` over [`MAX_SPEC_BYTES`] is refused unread, and one that
+/// expands past [`Limits::DEFAULT`] (aliases, nesting) is refused once the limit is reached.
+///
 /// Unknown fields are ignored, as the original did. An empty `namespace` is treated as
 /// absent. Unknown `gvrShort`s are not errors (see [`Routemap::warnings`]).
 pub fn parse(
@@ -154,9 +171,22 @@ pub fn parse(
     routemap_ns: &str,
     config: &Config,
 ) -> Result<Routemap, RoutemapError> {
+    if str_spec.len() > MAX_SPEC_BYTES {
+        return Err(RoutemapError::SpecTooLarge {
+            size: str_spec.len(),
+            limit: MAX_SPEC_BYTES,
+        });
+    }
     let mut routemap: Routemap = if str_spec.trim().is_empty() {
         Routemap::default()
     } else {
+        // The bounded decoding walks every node, aliases expanded, and stops at the limits;
+        // once it has passed, decoding the same text again costs no more than it did. The
+        // second pass keeps serde_yaml's errors, which name the field, line and column
+        // (`serde_json::from_value` would name neither, and would let duplicate fields
+        // through).
+        yaml::from_str_bounded(str_spec, Limits::DEFAULT)
+            .map_err(|e| RoutemapError::Yaml(e.to_string()))?;
         serde_yaml::from_str::<Option<Routemap>>(str_spec)
             .map_err(|e| RoutemapError::Yaml(e.to_string()))?
             .unwrap_or_default()
@@ -381,6 +411,65 @@ unknownTopLevel: ignored
             parse("versions: [", "default", &Config::default()),
             Err(RoutemapError::Yaml(_))
         ));
+    }
+
+    #[test]
+    fn work_is_bounded() {
+        let config = Config::default();
+        // An alias bomb in a field the routemap does not even read.
+        let items = vec!["x"; 1000].join(", ");
+        let aliases = vec!["*a"; 1000].join(", ");
+        let bomb = format!("versions: [{{}}]\nx: &a [{items}]\ny: [{aliases}]\n");
+        let deep = format!(
+            "versions: [{{}}]\nx: {}{}",
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        let huge = format!("versions: [{{}}]\nx: '{}'", "x".repeat(MAX_SPEC_BYTES));
+        let cases = [
+            (
+                bomb.as_str(),
+                "invalid routemap strSpec: yaml expands to more than 200000 nodes (aliases?) \
+                 at line 2 column 2387",
+            ),
+            (
+                deep.as_str(),
+                "invalid routemap strSpec: yaml is nested deeper than 64 levels at line 2 \
+                 column 67",
+            ),
+            (
+                huge.as_str(),
+                "invalid routemap strSpec: it is 1048596 bytes, more than the limit of \
+                 1048576 bytes",
+            ),
+        ];
+        for (spec, want) in cases {
+            let err = parse(spec, "default", &config).unwrap_err();
+            assert_eq!(err.to_string(), want, "for {spec:.80}");
+            assert_eq!(err.category(), "routemap");
+        }
+        // Aliases within the limits work as they always did.
+        let rm = parse(
+            "versions: [{resources: &r [{gvrShort: isvc, name: a}]}, {resources: *r}]",
+            "default",
+            &config,
+        )
+        .unwrap();
+        assert_eq!(rm.versions[0], rm.versions[1]);
+        // What has no JSON form (local tags, sequence or mapping keys) is refused, even in
+        // fields the routemap does not read: the bounded decoding builds JSON.
+        for spec in ["versions: [{}]\nx: !foo bar", "versions: [{}]\nx: {[a]: b}"] {
+            let err = parse(spec, "default", &config).unwrap_err().to_string();
+            assert!(err.starts_with("invalid routemap strSpec: x"), "{err}");
+            assert!(err.contains(": invalid type: "), "{err}");
+        }
+        // serde_yaml's errors stay, which the bounded decoding alone would not give.
+        assert_eq!(
+            parse("versions: [{}]\nversions: [{}]", "default", &config)
+                .unwrap_err()
+                .to_string(),
+            "invalid routemap strSpec: duplicate field `versions`"
+        );
     }
 
     #[test]

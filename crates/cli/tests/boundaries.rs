@@ -1,0 +1,300 @@
+//! What a routemap can do to the controller, tried as an attacker would, with the real
+//! `iter8` binary running as the controller chart's ServiceAccount: it can write nothing but
+//! routing objects, its template bombs end in Warning Events within a memory bound, and a
+//! well-behaved routemap next to it keeps following readiness meanwhile.
+
+#![allow(clippy::unwrap_used)]
+
+mod e2e;
+
+use std::time::Instant;
+
+use e2e::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{json, Value};
+use testenv::{fixtures, objects};
+
+/// Peak resident memory the controller may reach while the bombs are handled, well inside
+/// the chart's 256Mi limit.
+const RSS_BOUND_KIB: u64 = 128 * 1024;
+
+async fn apply_routemap(client: &Client, ns: &str, name: &str, str_spec: &str) {
+    let cm = fixtures::routemap_object(name, json!({"strSpec": str_spec}));
+    objects::apply(client, &cm_ar(), Some(ns), &cm, "helm")
+        .await
+        .unwrap();
+}
+
+/// A routemap with one version and `templates` (name, gvrShort, body).
+fn spec_with(templates: &[(&str, &str, String)]) -> String {
+    let mut s = String::from(
+        "versions:\n- resources:\n  - gvrShort: isvc\n    name: wisdom-0\nroutingTemplates:\n",
+    );
+    for (name, short, body) in templates {
+        s.push_str(&format!(
+            "  {name}:\n    gvrShort: {short}\n    template: |\n"
+        ));
+        for line in body.lines() {
+            s.push_str(&format!("      {line}\n"));
+        }
+    }
+    s
+}
+
+async fn warning_with(client: &Client, ns: &str, routemap: &str, needles: &[&str]) -> String {
+    let found = testenv::wait_for(&format!("a Warning with {needles:?}"), WAIT, || async {
+        warnings(client, ns, routemap)
+            .await
+            .into_iter()
+            .find(|w| needles.iter().all(|n| w.contains(n)))
+    })
+    .await;
+    match found {
+        Ok(w) => w,
+        Err(e) => panic!("{e}; Warnings: {:#?}", warnings(client, ns, routemap).await),
+    }
+}
+
+/// Warning Events about `routemap`, as "Reason: note".
+async fn warnings(client: &Client, ns: &str, routemap: &str) -> Vec<String> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(routemap))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_routemap_writes_nothing_but_routing_objects() {
+    let cp = testenv::shared().unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("write-boundary").await.unwrap();
+    let iter8 = install_controller(cp, &ns, false, &[]).await;
+
+    // A victim application: its Deployment and its routemap.
+    let deploy: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "victim"},
+        "spec": {"selector": {"matchLabels": {"app": "victim"}},
+                 "template": {"metadata": {"labels": {"app": "victim"}},
+                              "spec": {"containers": [{"name": "app", "image": "good:1"}]}}},
+    }))
+    .unwrap();
+    let deploy = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &deploy)
+        .await
+        .unwrap();
+    apply_routemap(&client, &ns, "victim-routemap", &spec_with(&[])).await;
+    let victim_cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("victim-routemap")
+        .await
+        .unwrap();
+
+    // The attacker's routemap rewrites both, with the controller's credentials if it could.
+    let evil_deploy = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: victim\nspec:\n  selector:\n    matchLabels: {app: victim}\n  template:\n    metadata:\n      labels: {app: victim}\n    spec:\n      containers:\n      - name: app\n        image: evil:1\n".to_string();
+    let evil_cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: victim-routemap\ndata:\n  strSpec: hijacked\n".to_string();
+    apply_routemap(
+        &client,
+        &ns,
+        "attacker",
+        &spec_with(&[("deploy", "deploy", evil_deploy), ("cm", "cm", evil_cm)]),
+    )
+    .await;
+    warning_with(
+        &client,
+        &ns,
+        "attacker",
+        &[
+            "RefusedObject",
+            "routing template deploy",
+            "not a routing resource",
+        ],
+    )
+    .await;
+    warning_with(
+        &client,
+        &ns,
+        "attacker",
+        &[
+            "RefusedObject",
+            "routing template cm",
+            "not a routing resource",
+        ],
+    )
+    .await;
+
+    let after = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("victim")
+        .await
+        .unwrap();
+    assert_eq!(after.resource_version(), deploy.resource_version());
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("victim-routemap")
+        .await
+        .unwrap();
+    assert_eq!(cm.resource_version(), victim_cm.resource_version());
+    iter8.assert_clean_log();
+}
+
+/// `levels` nested ranges over the two versions: 2^levels iterations of `body`.
+fn nested(levels: usize, body: &str) -> String {
+    let mut s = String::from("{{- range $.Versions }}").repeat(levels);
+    s.push_str(body);
+    s.push_str(&"{{- end }}".repeat(levels));
+    s
+}
+
+#[tokio::test]
+async fn template_bombs_end_in_warnings_and_the_others_keep_being_served() {
+    let cp = testenv::shared().unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("bombs").await.unwrap();
+    let mut iter8 = install_controller(cp, &ns, false, &[]).await;
+    let idle_rss = iter8.peak_rss_kib();
+
+    // A well-behaved application: the tutorial, primary ready, candidate not yet.
+    for name in ["wisdom-0", "wisdom-1"] {
+        let isvc = fixtures::inference_service_object("wisdom", name, "gs://m");
+        objects::apply(&client, &isvc_ar(), Some(&ns), &isvc, "helm")
+            .await
+            .unwrap();
+    }
+    kserve_ready(&client, &ns, "wisdom-0").await;
+    kserve_not_ready(&client, &ns, "wisdom-1").await;
+    apply_routemap(
+        &client,
+        &ns,
+        "wisdom-routemap",
+        &fixtures::tutorial_routemap("wisdom", &ns, 2).unwrap(),
+    )
+    .await;
+    wait_obj(
+        &client,
+        &vs_ar(),
+        &ns,
+        "wisdom",
+        "the primary route",
+        |vs| route_names(vs) == ["wisdom-0"],
+    )
+    .await;
+
+    // The bombs, each in its own template of one routemap.
+    let doubling = format!(
+        "{{{{- $s := \"x\" }}}}{}\nname: {{{{ len $s }}}}",
+        "{{- range 1000 }}{{- $s = printf \"%s%s\" $s $s }}{{- end }}"
+    );
+    let widths = format!(
+        "{}\nname: w",
+        "{{- range 1000 }}{{- $w := printf \"%65535d%65535d\" 1 2 }}{{- end }}"
+    );
+    let recursion =
+        "{{- define \"a\" }}{{ template \"a\" . }}{{ template \"a\" . }}{{ end }}{{ template \"a\" . }}"
+            .to_string();
+    // 1024 aliases of a 10240-item anchor: ten million nodes once expanded.
+    let aliases = format!(
+        "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata:\n  name: aliases\nspec:\n  a: &a [{}0]\n  b: [{}*a]\n",
+        "{{- range 1024 }}0,0,0,0,0,0,0,0,0,0,{{- end }}",
+        "{{- range 1024 }}*a,{{- end }}"
+    );
+    // The html escaper's analysis doubles with each nested block: 26 take minutes.
+    let nesting = nested(26, "x");
+    let started = Instant::now();
+    apply_routemap(
+        &client,
+        &ns,
+        "bomb",
+        &spec_with(&[
+            ("doubling", "vs", doubling),
+            ("widths", "vs", widths),
+            ("recursion", "vs", recursion),
+            ("aliases", "vs", aliases),
+            ("nesting", "vs", nesting),
+        ]),
+    )
+    .await;
+    warning_with(
+        &client,
+        &ns,
+        "bomb",
+        &["TemplateError", "routing template doubling", "MiB"],
+    )
+    .await;
+    warning_with(
+        &client,
+        &ns,
+        "bomb",
+        &["TemplateError", "routing template widths", "MiB"],
+    )
+    .await;
+    warning_with(
+        &client,
+        &ns,
+        "bomb",
+        &["routing template recursion", "invokes itself"],
+    )
+    .await;
+    warning_with(
+        &client,
+        &ns,
+        "bomb",
+        &["routing template aliases", "(aliases?)"],
+    )
+    .await;
+    warning_with(
+        &client,
+        &ns,
+        "bomb",
+        &["routing template nesting", "nested more than 10 deep"],
+    )
+    .await;
+    println!(
+        "all bombs reported {:?} after the routemap was applied",
+        started.elapsed()
+    );
+
+    // Meanwhile the good routemap follows readiness as usual.
+    let ready = Instant::now();
+    kserve_ready(&client, &ns, "wisdom-1").await;
+    wait_obj(
+        &client,
+        &vs_ar(),
+        &ns,
+        "wisdom",
+        "the candidate route",
+        |vs| route_names(vs) == ["wisdom-1", "wisdom-0"],
+    )
+    .await;
+    println!(
+        "candidate routed {:?} after it became ready",
+        ready.elapsed()
+    );
+
+    assert!(iter8.running(), "the controller died");
+    let peak = iter8.peak_rss_kib();
+    println!(
+        "peak RSS: {} KiB idle, {peak} KiB after the bombs (bound {RSS_BOUND_KIB} KiB)",
+        idle_rss
+    );
+    assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB");
+}
+
+/// The templates `spec_with` renders must parse as routemaps.
+#[test]
+fn spec_with_renders_a_routemap() {
+    let spec = spec_with(&[("t", "vs", "a: 1\nb: 2".into())]);
+    let v: Value = serde_yaml::from_str(&spec).unwrap();
+    assert_eq!(v["routingTemplates"]["t"]["template"], "a: 1\nb: 2\n");
+}
