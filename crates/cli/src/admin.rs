@@ -36,18 +36,25 @@ pub async fn serve(address: &str, controller: Arc<Controller>) -> Result<JoinHan
     }))
 }
 
-/// 200 once every store is complete; the body names the watches that are not (and, for
-/// information, the types that cannot be watched yet).
+/// 200 once every store is complete and API requests succeed; the body names the watches
+/// that are not complete, the last failing request (and, for information, the types that
+/// cannot be watched yet).
 fn readyz(controller: &Controller) -> (StatusCode, String) {
     let mut body = String::new();
     let unsynced = controller.unsynced();
-    let status = if controller.synced() {
+    let failing = controller.api_failing();
+    let status = if controller.synced() && failing.is_none() {
         body.push_str("ok\n");
         StatusCode::OK
     } else {
-        body.push_str("not synced:\n");
-        for w in &unsynced {
-            body.push_str(&format!("  {w}\n"));
+        if !unsynced.is_empty() {
+            body.push_str("not synced:\n");
+            for w in &unsynced {
+                body.push_str(&format!("  {w}\n"));
+            }
+        }
+        if let Some(why) = failing {
+            body.push_str(&format!("API requests failing: {why}\n"));
         }
         StatusCode::SERVICE_UNAVAILABLE
     };

@@ -298,3 +298,115 @@ fn spec_with_renders_a_routemap() {
     let v: Value = serde_yaml::from_str(&spec).unwrap();
     assert_eq!(v["routingTemplates"]["t"]["template"], "a: 1\nb: 2\n");
 }
+
+/// The tutorial with wisdom-0 ready and wisdom-1 not yet, routed to wisdom-0.
+async fn good_application(client: &Client, ns: &str) {
+    for name in ["wisdom-0", "wisdom-1"] {
+        let isvc = fixtures::inference_service_object("wisdom", name, "gs://m");
+        objects::apply(client, &isvc_ar(), Some(ns), &isvc, "helm")
+            .await
+            .unwrap();
+    }
+    kserve_ready(client, ns, "wisdom-0").await;
+    kserve_not_ready(client, ns, "wisdom-1").await;
+    apply_routemap(
+        client,
+        ns,
+        "wisdom-routemap",
+        &fixtures::tutorial_routemap("wisdom", ns, 2).unwrap(),
+    )
+    .await;
+    wait_obj(client, &vs_ar(), ns, "wisdom", "the primary route", |vs| {
+        route_names(vs) == ["wisdom-0"]
+    })
+    .await;
+}
+
+/// Marks wisdom-1 ready and waits for its route; returns how long that took.
+async fn candidate_latency(client: &Client, ns: &str) -> std::time::Duration {
+    let ready = Instant::now();
+    kserve_ready(client, ns, "wisdom-1").await;
+    wait_obj(
+        client,
+        &vs_ar(),
+        ns,
+        "wisdom",
+        "the candidate route",
+        |vs| route_names(vs) == ["wisdom-1", "wisdom-0"],
+    )
+    .await;
+    ready.elapsed()
+}
+
+#[tokio::test]
+async fn routemaps_that_do_not_parse_are_refused_quickly() {
+    let cp = testenv::shared().unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("parse-bombs").await.unwrap();
+    let iter8 = install_controller(cp, &ns, false, &[]).await;
+    good_application(&client, &ns).await;
+
+    let deep = format!("versions: {}", "[".repeat(500_000));
+    let wide = format!(
+        "x: &a [{}]\ny: [{}]\nversions: []\n",
+        vec!["0"; 10_000].join(","),
+        vec!["*a"; 10_000].join(",")
+    );
+    let started = Instant::now();
+    apply_routemap(&client, &ns, "deep", &deep).await;
+    apply_routemap(&client, &ns, "wide", &wide).await;
+    warning_with(&client, &ns, "deep", &["InvalidRoutemap", "strSpec"]).await;
+    warning_with(&client, &ns, "wide", &["InvalidRoutemap", "(aliases?)"]).await;
+    println!("refused {:?} after they were applied", started.elapsed());
+    let latency = candidate_latency(&client, &ns).await;
+    println!("candidate routed {latency:?} after it became ready");
+    let peak = iter8.peak_rss_kib();
+    println!("peak RSS {peak} KiB (bound {RSS_BOUND_KIB} KiB)");
+    assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB");
+}
+
+#[tokio::test]
+async fn a_routemap_with_a_thousand_templates_does_not_hold_up_the_others() {
+    let cp = testenv::shared().unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("head-of-line").await.unwrap();
+    let _iter8 = install_controller(cp, &ns, false, &[]).await;
+    good_application(&client, &ns).await;
+
+    const MANY: usize = 1000;
+    let templates: Vec<(String, String)> = (0..MANY)
+        .map(|i| {
+            (
+                format!("t{i:04}"),
+                format!("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata:\n  name: many-{i:04}\nspec:\n  hosts: [\"many-{i}.example.com\"]\n"),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str, String)> = templates
+        .iter()
+        .map(|(n, b)| (n.as_str(), "vs", b.clone()))
+        .collect();
+    apply_routemap(&client, &ns, "many", &spec_with(&refs)).await;
+    // Its writes have begun...
+    wait_obj(
+        &client,
+        &vs_ar(),
+        &ns,
+        "many-0000",
+        "the first of many",
+        |_| true,
+    )
+    .await;
+    // ...and the good application's readiness change does not wait for them to finish.
+    let latency = candidate_latency(&client, &ns).await;
+    let written = names(&client, &vs_ar(), &ns)
+        .await
+        .iter()
+        .filter(|n| n.starts_with("many-"))
+        .count();
+    println!("candidate routed {latency:?} after it became ready, while {written} of {MANY} objects of the other routemap were written");
+    assert!(
+        written < MANY,
+        "the big routemap finished first; nothing was shown"
+    );
+}

@@ -49,6 +49,8 @@ pub struct Applier {
     client: Client,
     leadership: Leadership,
     metrics: Arc<Metrics>,
+    /// Where request failures are reported for `/readyz`.
+    health: Arc<crate::sync::SyncTracker>,
     events: Recorder,
     kinds: Mutex<HashMap<Gvr, String>>,
 }
@@ -59,6 +61,7 @@ impl Applier {
         leadership: Leadership,
         instance: Option<String>,
         metrics: Arc<Metrics>,
+        health: Arc<crate::sync::SyncTracker>,
     ) -> Applier {
         let instance = instance.unwrap_or_else(|| FIELD_MANAGER.into());
         Applier {
@@ -66,6 +69,7 @@ impl Applier {
             client,
             leadership,
             metrics,
+            health,
             kinds: Mutex::default(),
         }
     }
@@ -106,10 +110,37 @@ impl Applier {
         Ok(kind)
     }
 
+    /// Records how a request went, for `/readyz`: only an unreachable or throttling API server
+    /// counts (a 500 can be a user's object the API server could not convert).
+    fn observe<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
+        match &result {
+            Ok(_) => self.health.api_ok(),
+            Err(
+                e @ Error::Api {
+                    failure: ApiFailure::Transport | ApiFailure::TooManyRequests,
+                    ..
+                },
+            ) => self.health.api_failed(e.to_string()),
+            Err(_) => {}
+        }
+        result
+    }
+
     /// Server-side applies a planned object (force, field manager `iter8-controller`), owned
     /// by the routemap, labelled for the routing watch and stamped with the hash of its
     /// content; makes no request when `live` already holds it.
     pub async fn apply(
+        &self,
+        routemap: &RoutemapKey,
+        uid: &str,
+        desired: &Desired,
+        live: Option<&RoutingObject>,
+    ) -> Result<Applied, Error> {
+        let result = self.apply_once(routemap, uid, desired, live).await;
+        self.observe(result)
+    }
+
+    async fn apply_once(
         &self,
         routemap: &RoutemapKey,
         uid: &str,
@@ -190,6 +221,11 @@ impl Applier {
     /// Deletes a routing object the controller wrote, and only that incarnation of it (a uid
     /// precondition). Already gone counts as deleted.
     pub async fn delete(&self, key: &ObjectKey, seen: &RoutingObject) -> Result<Deleted, Error> {
+        let result = self.delete_once(key, seen).await;
+        self.observe(result)
+    }
+
+    async fn delete_once(&self, key: &ObjectKey, seen: &RoutingObject) -> Result<Deleted, Error> {
         if !seen.ours {
             // The stores only offer our objects; this guards the rule where it matters.
             return Ok(Deleted::NotOurs);
@@ -276,7 +312,8 @@ impl Applier {
             tracing::warn!(routemap = %routemap, reason = note.reason, "{}", note.text);
         }
         self.check_leader()?;
-        if self.events.publish(routemap, uid, subject, note).await? {
+        let published = self.events.publish(routemap, uid, subject, note).await;
+        if self.observe(published)? {
             self.count_event(note.severity, 1);
         }
         Ok(())
@@ -285,7 +322,7 @@ impl Applier {
     /// Publishes the Events of `routemap` that failed before.
     pub async fn flush_events(&self, routemap: &RoutemapKey, uid: &str) -> Result<(), Error> {
         self.check_leader()?;
-        let written = self.events.flush(routemap, uid).await?;
+        let written = self.observe(self.events.flush(routemap, uid).await)?;
         // The outbox mixes types; what matters for the metric is that writes happened.
         self.count_event(Severity::Normal, written);
         Ok(())

@@ -76,19 +76,21 @@ impl Controller {
         leadership: Leadership,
     ) -> Arc<Controller> {
         let metrics = Arc::new(Metrics::default());
+        let sync = Arc::new(SyncTracker::default());
         Arc::new(Controller {
             applier: Applier::new(
                 client.clone(),
                 leadership,
                 options.instance.clone(),
                 metrics.clone(),
+                sync.clone(),
             ),
             client,
             config: Arc::new(config),
             options,
             state: Mutex::default(),
             queue: WorkQueue::default(),
-            sync: Arc::default(),
+            sync,
             retries: Mutex::default(),
             metrics,
         })
@@ -118,6 +120,11 @@ impl Controller {
     /// Every watch with its state, e.g. `routing virtualservices.networking.istio.io: Listed`.
     pub fn watches(&self) -> Vec<String> {
         self.sync.describe()
+    }
+
+    /// Why API requests are failing, if the last one did (for `/readyz`).
+    pub fn api_failing(&self) -> Option<String> {
+        self.sync.api_failing()
     }
 
     /// Watches whose type is not served or forbidden (complete and empty).

@@ -55,15 +55,20 @@ impl WatchState {
     }
 }
 
-/// The state of every watch; waiters wake on each change.
+/// The state of every watch; waiters wake on each change. Also whether API requests
+/// (writes, lists) currently fail, for `/readyz`.
 pub struct SyncTracker {
     tx: watch::Sender<BTreeMap<WatchId, WatchState>>,
+    /// The last request that failed for a reason retrying can fix (unreachable, 5xx, 429),
+    /// and when; cleared by any later success.
+    api_failure: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl Default for SyncTracker {
     fn default() -> Self {
         SyncTracker {
             tx: watch::Sender::new(BTreeMap::new()),
+            api_failure: std::sync::Mutex::default(),
         }
     }
 }
@@ -106,6 +111,27 @@ impl SyncTracker {
                 _ => format!("{id}: not listed yet"),
             })
             .collect()
+    }
+
+    /// An API request succeeded: the API server answers.
+    pub fn api_ok(&self) {
+        *self.lock_api() = None;
+    }
+
+    /// An API request failed in a way retrying can fix.
+    pub fn api_failed(&self, why: String) {
+        *self.lock_api() = Some((std::time::Instant::now(), why));
+    }
+
+    /// Why API requests are failing, if the last one did (with how long ago).
+    pub fn api_failing(&self) -> Option<String> {
+        self.lock_api()
+            .as_ref()
+            .map(|(at, why)| format!("{why} ({}s ago)", at.elapsed().as_secs()))
+    }
+
+    fn lock_api(&self) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, String)>> {
+        self.api_failure.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every watch and its state, one line each.

@@ -29,11 +29,12 @@ pub enum Change<K> {
     Deleted(K),
 }
 
-/// Backoff between failed watch attempts: 250 ms doubling to at most 10 s, with jitter.
+/// Backoff between failed watch attempts: 250 ms doubling to at most 4 s, with jitter, so a
+/// watch lists again within seconds of the API server coming back.
 pub fn backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(10))
+        .with_max_delay(Duration::from_secs(4))
         .with_factor(2.0)
         .with_jitter()
         .without_max_times()
@@ -67,6 +68,7 @@ pub async fn run<K, F>(
                 Event::InitDone => {
                     apply(Change::Relisted(std::mem::take(&mut buffer)));
                     sync.set(id.clone(), WatchState::Listed);
+                    sync.api_ok();
                     delays = backoff();
                     gone_before = false;
                     if last_error.take().is_some() {
@@ -98,7 +100,10 @@ pub async fn run<K, F>(
                     // Keep retrying, so it is watched as soon as it can be.
                     ApiFailure::NotFound => WatchState::NotServed(why.clone()),
                     ApiFailure::Forbidden => WatchState::Forbidden(why.clone()),
-                    _ => WatchState::Failing(why.clone()),
+                    _ => {
+                        sync.api_failed(format!("watch {id}: {why}"));
+                        WatchState::Failing(why.clone())
+                    }
                 };
                 // A changed error is logged once, not at every attempt.
                 if last_error.as_deref() != Some(why.as_str()) {
@@ -106,7 +111,7 @@ pub async fn run<K, F>(
                     last_error = Some(why);
                 }
                 sync.set(id.clone(), state);
-                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                let delay = delays.next().unwrap_or(Duration::from_secs(4));
                 tokio::time::sleep(delay).await;
                 // kube's watcher would resume from its last resource version and never say
                 // InitDone again; a fresh list makes the store complete again.
