@@ -289,6 +289,22 @@ async fn template_bombs_end_in_warnings_and_the_others_keep_being_served() {
         idle_rss
     );
     assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB");
+
+    // A restart meets the same routemaps from its first list: it must come up all the same.
+    drop(iter8);
+    let mut again = install_controller(cp, &ns, false, &[]).await;
+    let reconciled = "iter8_reconciles_total";
+    testenv::wait_for(
+        "the restarted controller to reconcile both routemaps",
+        WAIT,
+        || async { (again.metric(reconciled).await >= 2.0).then_some(()) },
+    )
+    .await
+    .unwrap();
+    assert!(again.running(), "the restarted controller died");
+    let peak = again.peak_rss_kib();
+    println!("after a restart: peak RSS {peak} KiB");
+    assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB after a restart");
 }
 
 /// The templates `spec_with` renders must parse as routemaps.
