@@ -12,7 +12,9 @@
 //!    subresource (as KServe writes it); time until a watch on VirtualServices sees the
 //!    candidate route.
 //! 3. **no-change restart**: the controller is restarted (as a new user) with nothing changed;
-//!    its requests and writes until it goes quiet.
+//!    its requests and writes until it goes quiet. For ours, counting starts only after its
+//!    `/metrics` show it has reconciled every routemap up to the apply step ([`Reconciled`]),
+//!    so "no writes" means it looked and found nothing to write.
 //!
 //! Resource use comes from `/proc/<pid>` (VmHWM, VmRSS, utime + stime); API cost from the
 //! audit log.
@@ -100,6 +102,54 @@ pub struct RestartReport {
     pub capped: bool,
     pub peak_rss_kib: u64,
     pub cpu_s: f64,
+    /// What the restarted controller says it did (ours only: the original has no such
+    /// metrics).
+    pub reconciled: Option<Reconciled>,
+}
+
+/// What our restarted controller's `/metrics` say it did, at the end of the restart phase.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reconciled {
+    /// Reconciles finished.
+    pub reconciles: f64,
+    /// Routing object applies by result.
+    pub applied: f64,
+    pub unchanged: f64,
+    pub failed: f64,
+    /// Routing objects deleted.
+    pub deletes: f64,
+    /// Events published.
+    pub events: f64,
+}
+
+impl Reconciled {
+    fn of(m: &testenv::metrics::Scrape) -> Reconciled {
+        Reconciled {
+            reconciles: m.reconciles_finished(),
+            applied: m.applies("applied"),
+            unchanged: m.applies("unchanged"),
+            failed: m.applies("failed"),
+            deletes: m.get("iter8_deletes_total", None),
+            events: m.get("iter8_events_total", None),
+        }
+    }
+}
+
+/// Waits until our controller on admin port `port` has finished at least `routemaps`
+/// reconciles that got to the apply step and has nothing queued or in progress: with one
+/// routing template per routemap, every routemap was looked at.
+async fn wait_reconciled(port: u16, routemaps: usize, within: Duration) -> Result<()> {
+    let n = routemaps as f64;
+    testenv::wait_for(
+        &format!("the restarted controller to reconcile all {routemaps} routemaps"),
+        within,
+        || async move {
+            let m = testenv::metrics::scrape(port).ok()?;
+            let applies = m.applies("applied") + m.applies("unchanged") + m.applies("failed");
+            (m.reconciles_finished() >= n && applies >= n && m.is_idle()).then_some(())
+        },
+    )
+    .await
 }
 
 /// Requests of one user in a stretch of the audit log.
@@ -681,6 +731,9 @@ pub async fn run_one(
         let started = Instant::now();
         let mut p2 = start_controller(cp, settings, kind, &ns, &kc2, &format!("{round}-restart"))?;
         wait_started(&audit, &user2, off, &mut p2).await?;
+        if let Some(port) = p2.admin_port {
+            wait_reconciled(port, settings.apps, settings.timeout).await?;
+        }
         let (quiet_after, capped) = audit
             .wait_quiet(
                 &user2,
@@ -693,12 +746,17 @@ pub async fn run_one(
         settle().await;
         let counts = audit.counts(&user2, off, audit.offset())?;
         let (peak, _) = rss(p2.pid());
+        let reconciled = match p2.admin_port {
+            Some(port) => Some(Reconciled::of(&testenv::metrics::scrape(port)?)),
+            None => None,
+        };
         report.restart = Some(RestartReport {
             counts,
             quiet_after,
             capped,
             peak_rss_kib: peak,
             cpu_s: cpu_seconds(p2.pid()),
+            reconciled,
         });
         p2.terminate()?;
     } else {

@@ -1,6 +1,7 @@
 //! Keeps the benchmark working: a small run (5 apps, 3 candidates) of both controllers on a
-//! real control plane. Asserts only that both converged and routed every candidate; never a
-//! time (CI machines vary too much).
+//! real control plane. Asserts that both converged and routed every candidate, and that ours,
+//! restarted with nothing changed, reconciled every routemap and wrote nothing; never a time
+//! (CI machines vary too much).
 //!
 //! Needs our `iter8` binary (built by `cargo test --workspace` for the cli crate's tests, or
 //! `cargo build -p iter8`) and the original controller (`testenv/setup.sh --with-original`,
@@ -61,4 +62,31 @@ async fn both_controllers_converge_in_a_small_run() {
         );
         assert!(r.restart.is_some(), "{label}: restart phase missing");
     }
+
+    // Our no-change restart: first the evidence that the restarted controller looked at every
+    // routemap (its own metrics: reconciles finished, applies found unchanged), then no write
+    // in the API server's audit log and none in its metrics.
+    let ours = reports
+        .iter()
+        .find(|r| r.kind == Some(Kind::Ours))
+        .and_then(|r| r.restart.as_ref())
+        .expect("our restart phase");
+    let did = ours
+        .reconciled
+        .as_ref()
+        .expect("our restarted controller's metrics");
+    assert!(did.reconciles >= 5.0, "ours, restarted: {did:?}");
+    assert!(did.unchanged >= 5.0, "ours, restarted: {did:?}");
+    assert_eq!(
+        (did.applied, did.failed, did.deletes, did.events),
+        (0.0, 0.0, 0.0, 0.0),
+        "ours, restarted with nothing changed, wrote (applied, failed, deletes, events): {did:?}"
+    );
+    let c = &ours.counts;
+    assert_eq!(
+        (c.vs_writes, c.event_writes, c.other_writes),
+        (0, 0, 0),
+        "ours, restarted with nothing changed, wrote (VirtualServices, Events, other): {:?}",
+        c.by_kind
+    );
 }

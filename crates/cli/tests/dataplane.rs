@@ -23,8 +23,9 @@ use kube::Client;
 use serde_json::Value;
 use testenv::dataplane::{self, DataPlane};
 use testenv::fixtures::{inference_service, virtual_service};
+use testenv::metrics::Scrape;
 use testenv::routes::route_names;
-use testenv::{objects, workloads};
+use testenv::{kserve, objects, workloads};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -47,12 +48,15 @@ fn setup() -> (&'static testenv::ControlPlane, &'static DataPlane) {
 }
 
 /// An `iter8 controller` process watching one namespace; killed when dropped.
-struct Iter8(Child);
+struct Iter8 {
+    child: Child,
+    admin: u16,
+}
 
 impl Drop for Iter8 {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -72,7 +76,33 @@ impl Iter8 {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        Iter8(child)
+        Iter8 { child, admin }
+    }
+
+    /// Its `/metrics`.
+    fn metrics(&self) -> Scrape {
+        testenv::metrics::scrape(self.admin).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Waits for evidence that the controller has reacted to what changed since `since` (its
+    /// metrics then): it finished a reconcile that got to the apply step, has nothing queued
+    /// or in progress, and `also` holds.
+    async fn wait_reconciled(&self, what: &str, since: &Scrape, also: impl Fn(&Scrape) -> bool) {
+        let done = |m: &Scrape| m.applies("applied") + m.applies("unchanged");
+        testenv::wait_for(
+            &format!("the controller to reconcile {what}"),
+            WAIT,
+            || async {
+                let m = self.metrics();
+                (m.reconciles_finished() > since.reconciles_finished()
+                    && done(&m) > done(since)
+                    && m.is_idle()
+                    && also(&m))
+                .then_some(())
+            },
+        )
+        .await
+        .unwrap();
     }
 }
 
@@ -244,7 +274,7 @@ async fn tutorial_steps_answered_by_real_model_servers() {
     let (cp, dp) = setup();
     let kube = cp.client().await.unwrap();
     let ns = cp.namespace("tutorial").await.unwrap();
-    let _iter8 = Iter8::start(cp.kubeconfig_path(), &ns, dp.dir());
+    let iter8 = Iter8::start(cp.kubeconfig_path(), &ns, dp.dir());
     let http = http_client();
     let host = format!("wisdom.{ns}");
 
@@ -266,10 +296,50 @@ async fn tutorial_steps_answered_by_real_model_servers() {
     assert_answers(dp, &http, &host, true, 10, "wisdom-0", "v0").await;
 
     // Step 2: the candidate is deployed; until it is ready everything stays on wisdom-0.
+    let step1_vs = objects::get(&kube, &virtual_service(), &ns, "wisdom")
+        .await
+        .unwrap()
+        .expect("the step-1 VirtualService");
+    let step1 = iter8.metrics();
     helm_upgrade(cp, &ns, "wisdom", STEP2);
     wait_isvc(&kube, &ns, "wisdom-1", true).await;
+    // Evidence that the controller has taken step 2 in: its store holds wisdom-1, and it
+    // finished a reconcile since the upgrade (what the upgrade changes for the controller is
+    // the routemap, and wisdom-1, which only the new routemap reads).
+    let isvcs = |m: &Scrape| {
+        m.get(
+            "iter8_watched_objects",
+            Some(("resource", "inferenceservices.serving.kserve.io")),
+        )
+    };
+    iter8
+        .wait_reconciled("the step-2 routemap", &step1, |m| isvcs(m) >= 2.0)
+        .await;
+    // KServe's first status for the candidate, not ready; evidence that the controller
+    // reconciled after it, from a store that has all of step 2.
+    let seen = iter8.metrics();
+    kserve::report(&kube, &ns, "wisdom-1", false, 1)
+        .await
+        .unwrap();
+    iter8
+        .wait_reconciled("wisdom-1's not-ready status", &seen, |_| true)
+        .await;
+    // ... and wrote nothing.
+    assert_eq!(
+        iter8.metrics().applies("applied"),
+        step1.applies("applied"),
+        "routing was written before wisdom-1 was ready"
+    );
+    let vs = objects::get(&kube, &virtual_service(), &ns, "wisdom")
+        .await
+        .unwrap()
+        .expect("the VirtualService");
+    assert_eq!(route_names(&vs), ["wisdom-0"]);
+    assert_eq!(
+        vs.metadata.resource_version, step1_vs.metadata.resource_version,
+        "routing was written before wisdom-1 was ready"
+    );
     assert_answers(dp, &http, &host, true, 10, "wisdom-0", "v0").await;
-    assert_eq!(vs_routes(&kube, &ns, "wisdom").await, ["wisdom-0"]);
     dp.serve_inference_service(&ns, "wisdom-1").await.unwrap();
     let ready = Instant::now();
     wait_answer(

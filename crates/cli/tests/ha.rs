@@ -14,6 +14,7 @@ use kube::api::{Api, DynamicObject};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use testenv::fixtures::{self, config_map, inference_service, virtual_service};
+use testenv::metrics::Scrape;
 use testenv::routes::route_names;
 use testenv::{kserve, objects};
 
@@ -71,11 +72,14 @@ impl Iter8 {
         testenv::http::get_local(self.admin, path).map(|r| (r.status, r.body))
     }
 
-    fn metrics(&self) -> prometheus_parse::Scrape {
+    /// `/metrics`, which must parse as Prometheus text (checked with `prometheus_parse`, a
+    /// parser independent of the one the values are read with).
+    fn metrics(&self) -> Scrape {
         let (status, body) = self.get("/metrics").expect("metrics endpoint answers");
         assert_eq!(status, 200);
         prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-            .expect("metrics parse")
+            .expect("metrics parse");
+        testenv::metrics::parse(&body).unwrap()
     }
 
     fn sigterm(&self) {
@@ -84,21 +88,6 @@ impl Iter8 {
             .status()
             .unwrap();
     }
-}
-
-fn metric(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 async fn apply_isvc(client: &Client, ns: &str, name: &str) {
@@ -197,27 +186,34 @@ async fn one_leader_writes_standby_never_does_and_sigterm_hands_over_at_once() {
     let vs = wait_routes(&client, &ns, &["wisdom-0"], WAIT).await;
     assert_eq!(testenv::objects::field_managers(&vs), ["iter8-controller"]);
 
+    // Evidence for "the standby never writes": it has taken in the application's objects and
+    // worked off its queue (as a standby, by dropping each item).
+    testenv::wait_for(
+        "the standby's stores to be warm and its queue idle",
+        WAIT,
+        || async {
+            let sm = standby.metrics();
+            (sm.get(
+                "iter8_watched_objects",
+                Some(("resource", "inferenceservices.serving.kserve.io")),
+            ) >= 2.0
+                && sm.is_idle())
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap();
     let (lm, sm) = (leader.metrics(), standby.metrics());
-    assert_eq!(metric(&lm, "iter8_leader", None), 1.0);
-    assert_eq!(metric(&sm, "iter8_leader", None), 0.0);
-    assert!(metric(&lm, "iter8_applies_total", Some(("result", "applied"))) >= 1.0);
-    assert_eq!(
-        metric(&sm, "iter8_applies_total", Some(("result", "applied"))),
-        0.0,
-        "the standby wrote"
-    );
-    assert!(metric(&lm, "iter8_reconciles_total", None) >= 1.0);
-    assert!(
-        metric(
-            &sm,
-            "iter8_watched_objects",
-            Some(("resource", "inferenceservices.serving.kserve.io"))
-        ) >= 2.0,
-        "the standby keeps its stores warm"
-    );
+    assert_eq!(lm.get("iter8_leader", None), 1.0);
+    assert_eq!(sm.get("iter8_leader", None), 0.0);
+    assert!(lm.applies("applied") >= 1.0);
+    assert!(lm.reconciles_started() >= 1.0);
+    assert_eq!(sm.applies("applied"), 0.0, "the standby wrote");
 
     // SIGTERM: the leader finishes, releases the lease, exits 0; the standby takes over at once.
     let rv = vs.resource_version();
+    // Read before the takeover: what the standby has done so far.
+    let standby_before = standby.metrics();
     let t0 = Instant::now();
     leader.sigterm();
     let new = wait_holder(&client, &ns, Some(&leader.name), Duration::from_secs(2)).await;
@@ -232,6 +228,25 @@ async fn one_leader_writes_standby_never_does_and_sigterm_hands_over_at_once() {
     })
     .await
     .unwrap();
+    // Evidence that the new leader reacted to the takeover: it reconciled the routemap from
+    // its warm stores up to the apply step, and has nothing left in its queue.
+    let done = |m: &Scrape| m.applies("applied") + m.applies("unchanged");
+    testenv::wait_for("the new leader to reconcile the routemap", WAIT, || async {
+        let m = standby.metrics();
+        (m.reconciles_finished() > standby_before.reconciles_finished()
+            && done(&m) > done(&standby_before)
+            && m.is_idle())
+        .then_some(())
+    })
+    .await
+    .unwrap();
+    let standby_after = standby.metrics();
+    assert_eq!(
+        standby_after.applies("applied"),
+        standby_before.applies("applied"),
+        "a takeover with nothing changed must not write"
+    );
+    assert!(standby_after.applies("unchanged") > standby_before.applies("unchanged"));
     assert_eq!(
         get_vs_rv(&client, &ns).await,
         rv,
@@ -239,12 +254,12 @@ async fn one_leader_writes_standby_never_does_and_sigterm_hands_over_at_once() {
     );
 
     // The new leader routes the candidate when it becomes ready.
-    let before = metric(&standby.metrics(), "iter8_reconciles_total", None);
+    let before = standby.metrics().reconciles_started();
     set_ready(&client, &ns, "wisdom-1", true).await;
     wait_routes(&client, &ns, &["wisdom-1", "wisdom-0"], WAIT).await;
     let after = standby.metrics();
-    assert!(metric(&after, "iter8_applies_total", Some(("result", "applied"))) >= 1.0);
-    assert!(metric(&after, "iter8_reconciles_total", None) > before);
+    assert!(after.applies("applied") >= 1.0);
+    assert!(after.reconciles_started() > before);
 }
 
 async fn get_vs_rv(client: &Client, ns: &str) -> Option<String> {
@@ -346,7 +361,7 @@ async fn an_api_server_outage_shows_in_readyz_and_the_controller_converges_after
     .unwrap();
     let m = p.metrics();
     assert!(
-        metric(&m, "iter8_watch_restarts_total", None) >= 1.0,
+        m.get("iter8_watch_restarts_total", None) >= 1.0,
         "watch restarts are counted"
     );
 }

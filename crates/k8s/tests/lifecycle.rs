@@ -291,7 +291,8 @@ async fn routing_objects_no_template_renders_any_more_are_deleted() {
         )]
     );
 
-    // Strategy none: the release chart renders no routing template at all.
+    // Strategy none: the release chart renders no routing template at all (its golden output
+    // testdata/charts/kserve-none/expected.yaml).
     let versions_only = tutorial_str_spec(&env.ns, 1);
     let versions_only = &versions_only[..versions_only.find("routingTemplates:").unwrap()];
     env.patch_routemap(json!({"data": {"strSpec": versions_only}}))

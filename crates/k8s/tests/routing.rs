@@ -70,16 +70,20 @@ async fn candidate_route_follows_readiness() {
         route_names(vs) == ["wisdom-0"]
     })
     .await;
+    c.drain(&client, &ns, &isvc_ar(), &marker_isvc("marker-0"), 2)
+        .await;
+    let reconciles = c.controller.metrics().reconciles.get();
 
-    // The candidate exists but KServe has not made it ready: nothing changes.
+    // The candidate exists but KServe has not made it ready: nothing changes, once the
+    // controller has taken in its status and reconciled.
     apply_isvc(&client, &ns, "wisdom-1", "gs://m").await;
     set_isvc_status(&client, &ns, "wisdom-1", false, 1).await;
-    testenv::wait_for("the controller to see wisdom-1", WAIT, || async {
-        (c.controller.watched_counts().values().sum::<usize>() >= 2).then_some(())
-    })
-    .await
-    .unwrap();
-    c.settled().await;
+    c.drain(&client, &ns, &isvc_ar(), &marker_isvc("marker-1"), 4)
+        .await;
+    assert!(
+        c.controller.metrics().reconciles.get() > reconciles,
+        "the controller did not reconcile after wisdom-1 appeared"
+    );
     let unchanged = get_vs(&client, &ns, "wisdom").await.unwrap();
     assert_eq!(
         unchanged.resource_version(),
@@ -108,7 +112,7 @@ async fn inference_service_generation_is_not_compared_but_deployment_generation_
     let cp = testenv::shared().unwrap();
     let client = cp.client().await.unwrap();
     let ns = cp.namespace("generation").await.unwrap();
-    let _c = start_controller(client.clone(), &ns, config()).await;
+    let c = start_controller(client.clone(), &ns, config()).await;
 
     // InferenceService: spec changed (generation 2) while KServe still reports the child's
     // observedGeneration 1 with Ready True: KServe's Ready already tracks the rollout, so the
@@ -159,7 +163,6 @@ async fn inference_service_generation_is_not_compared_but_deployment_generation_
         }
     };
     available("httpbin-0", 1).await;
-    available("httpbin-1", 1).await; // generation is 2
     let template = format!(
         r#"apiVersion: networking.istio.io/v1beta1
 kind: VirtualService
@@ -190,19 +193,63 @@ spec:
         json!({"strSpec": serde_yaml::to_string(&spec).unwrap()}),
     )
     .await;
-    let vs = wait_vs(
+    // httpbin-1 has no status yet: the primary only.
+    let before = wait_vs(
         &client,
         &ns,
         "httpbin",
         "the primary-only httpbin route",
-        |vs| !route_names(vs).is_empty(),
+        |vs| route_names(vs) == ["httpbin-0"],
     )
     .await;
+    // Every Deployment change so far is taken in and worked off (httpbin-0, httpbin-1 and the
+    // marker): what the controller does from here on is its reaction to the next change.
+    c.drain(
+        &client,
+        &ns,
+        &deploy_ar(),
+        &marker_deployment("marker-0"),
+        3,
+    )
+    .await;
+    let metrics = c.controller.metrics();
+    let reconciles = metrics.reconciles.get();
+    let (applied, unchanged) = (
+        metrics.applies_with("applied"),
+        metrics.applies_with("unchanged"),
+    );
+
+    // Available True, but observed generation 1 while the Deployment is at generation 2.
+    available("httpbin-1", 1).await;
+    // Evidence that the controller took that status in and reconciled because of it: the
+    // store holds a marker created after the status write, the queue is idle, and the
+    // reconcile counter and an apply step moved.
+    c.drain(
+        &client,
+        &ns,
+        &deploy_ar(),
+        &marker_deployment("marker-1"),
+        4,
+    )
+    .await;
+    assert!(
+        metrics.reconciles.get() > reconciles,
+        "the controller did not reconcile after httpbin-1's status changed"
+    );
+    assert!(
+        metrics.applies_with("applied") + metrics.applies_with("unchanged") > applied + unchanged,
+        "the reconcile after httpbin-1's status changed did not reach its apply step"
+    );
+    // ... and wrote nothing.
+    let vs = get_vs(&client, &ns, "httpbin").await.unwrap();
     assert_eq!(
         route_names(&vs),
         ["httpbin-0"],
         "a Deployment whose observedGeneration is older must not count as ready"
     );
+    assert_eq!(vs.resource_version(), before.resource_version());
+    assert_eq!(metrics.applies_with("applied"), applied);
+
     available("httpbin-1", 2).await;
     wait_vs(
         &client,

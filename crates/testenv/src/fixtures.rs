@@ -3,17 +3,45 @@
 //! routemap and VirtualServices, and a schemaless CRD (`Widget`) for types the controller
 //! learns about from its config. Pure, except [`install_widget_crd`], which writes a file and
 //! installs the CRD.
+//!
+//! What is said to be "as the release chart renders it" is taken from, or tested against, the
+//! golden `helm template` outputs in `testdata/charts/*/expected.yaml`, which
+//! `crates/testenv/tests/charts.rs` renders with the pinned Helm and compares.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{json, Value};
 
 use crate::ControlPlane;
 
-/// The routemap of step 2 of the tutorial (`wisdom`, two versions, canary) as the release
-/// chart renders it in namespace `default`.
-pub const TUTORIAL_ROUTEMAP: &str =
-    include_str!("../../core/testdata/kserve-canary/routemap-step2.yaml");
+/// `helm template wisdom charts/release --namespace default` with the tutorial's step-1
+/// values: the golden file `testdata/charts/tutorial-step1/expected.yaml`.
+pub const TUTORIAL_STEP1_CHART: &str =
+    include_str!("../../../testdata/charts/tutorial-step1/expected.yaml");
+
+/// Like [`TUTORIAL_STEP1_CHART`], with the step-2 values (the candidate `wisdom-1` added).
+pub const TUTORIAL_STEP2_CHART: &str =
+    include_str!("../../../testdata/charts/tutorial-step2/expected.yaml");
+
+/// The documents of a multi-document YAML text such as `helm template` output.
+pub fn documents(text: &str) -> Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for de in serde_yaml::Deserializer::from_str(text) {
+        let doc: Value = serde::Deserialize::deserialize(de)?;
+        if !doc.is_null() {
+            docs.push(doc);
+        }
+    }
+    Ok(docs)
+}
+
+/// The object of `kind` named `name` in rendered chart output.
+pub fn chart_object(rendered: &str, kind: &str, name: &str) -> Result<Value> {
+    documents(rendered)?
+        .into_iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .ok_or_else(|| anyhow!("the rendered chart has no {kind} {name}"))
+}
 
 /// An ApiResource from its group, version, kind and plural.
 pub fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
@@ -62,7 +90,9 @@ pub fn config_map() -> ApiResource {
 }
 
 /// InferenceService `name` of application `app` as the release chart renders it for the
-/// `kserve` environment (watched by the controller, no status yet).
+/// `kserve` environment, except that it has no namespace (the caller's) and no
+/// `app.kubernetes.io/version` label (the chart's label depends on the values); watched by the
+/// controller, no status yet. A test below compares it with the chart's golden output.
 pub fn inference_service_object(app: &str, name: &str, storage_uri: &str) -> Value {
     json!({
         "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
@@ -74,7 +104,8 @@ pub fn inference_service_object(app: &str, name: &str, storage_uri: &str) -> Val
 }
 
 /// Routemap ConfigMap `name` with `data` (usually `{"strSpec": ...}`), labelled as the release
-/// chart labels it.
+/// chart labels it (a test below compares it with the chart's golden output); no namespace
+/// (the caller's).
 pub fn routemap_object(name: &str, data: Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -86,37 +117,20 @@ pub fn routemap_object(name: &str, data: Value) -> Value {
     })
 }
 
-/// The tutorial's routemap `strSpec` for application `app` in namespace `ns`, with 1 version
-/// (step 1: the candidate and its route left out) or 2 (step 2).
+/// The tutorial's routemap `strSpec` as the release chart renders it for step 1 (`versions`
+/// 1: the primary only) or step 2 (2: with the candidate and its route), taken from the
+/// chart's golden output, with `app` for `wisdom` and `ns` for `default`.
 pub fn tutorial_routemap(app: &str, ns: &str, versions: usize) -> Result<String> {
-    let mut spec = TUTORIAL_ROUTEMAP.to_string();
-    if versions == 1 {
-        cut(
-            &mut spec,
-            "- resources:\n  - gvrShort: isvc\n    name: wisdom-1",
-            "routingTemplates:",
-            false,
-        )?;
-        cut(
-            &mut spec,
-            "    {{- if gt (index .Weights 1) 0 }}",
-            "    {{- end }}\n",
-            true,
-        )?;
-    }
+    let rendered = match versions {
+        1 => TUTORIAL_STEP1_CHART,
+        2 => TUTORIAL_STEP2_CHART,
+        n => bail!("the tutorial has routemaps of 1 or 2 versions, not {n}"),
+    };
+    let cm = chart_object(rendered, "ConfigMap", "wisdom-routemap")?;
+    let spec = cm["data"]["strSpec"]
+        .as_str()
+        .context("the chart's routemap has no strSpec")?;
     Ok(spec.replace("wisdom", app).replace("default", ns))
-}
-
-/// Removes `text` from `start` up to `end`, and `end` itself if `with_end`.
-fn cut(text: &mut String, start: &str, end: &str, with_end: bool) -> Result<()> {
-    let missing = |what: &str| anyhow!("the tutorial routemap has no {what:?}");
-    let from = text.find(start).ok_or_else(|| missing(start))?;
-    let mut to = text.find(end).ok_or_else(|| missing(end))?;
-    if with_end {
-        to += end.len();
-    }
-    text.replace_range(from..to, "");
-    Ok(())
 }
 
 /// The `spec` of the tutorial's VirtualService `wisdom` after `step` (1: the primary only;
@@ -183,7 +197,32 @@ mod tests {
         assert!(one.contains("name: wisdom-0\n    namespace: ns1"), "{one}");
         let two = tutorial_routemap("app7", "ns2", 2)?;
         assert!(two.contains("name: app7-1\n    namespace: ns2"), "{two}");
+        assert!(two.contains("{{- if gt (index .Weights 1) 0 }}"), "{two}");
         assert!(!two.contains("wisdom") && !two.contains("default"), "{two}");
+        Ok(())
+    }
+
+    /// The hand-written objects against what the chart renders (its golden output).
+    #[test]
+    fn the_inference_service_and_routemap_are_what_the_chart_renders() -> Result<()> {
+        for (rendered, name, version) in [
+            (TUTORIAL_STEP1_CHART, "wisdom-0", "v0"),
+            (TUTORIAL_STEP2_CHART, "wisdom-0", "v0"),
+            (TUTORIAL_STEP2_CHART, "wisdom-1", "v1"),
+        ] {
+            let chart = chart_object(rendered, "InferenceService", name)?;
+            let mut ours =
+                inference_service_object("wisdom", name, "gs://seldon-models/sklearn/mms/lr_model");
+            ours["metadata"]["namespace"] = json!("default");
+            ours["metadata"]["labels"]["app.kubernetes.io/version"] = json!(version);
+            assert_eq!(ours, chart, "InferenceService {name}");
+        }
+        for rendered in [TUTORIAL_STEP1_CHART, TUTORIAL_STEP2_CHART] {
+            let chart = chart_object(rendered, "ConfigMap", "wisdom-routemap")?;
+            let mut ours = routemap_object("wisdom-routemap", chart["data"].clone());
+            ours["metadata"]["namespace"] = json!("default");
+            assert_eq!(ours, chart);
+        }
         Ok(())
     }
 

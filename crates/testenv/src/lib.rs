@@ -8,12 +8,14 @@
 //! The helpers every test and the benchmark share live here too, once: [`fixtures`] (kinds,
 //! objects, CRDs), [`objects`] (apply, get, wait, status writes), [`kserve`] and
 //! [`workloads`] (status as KServe and kube-controller-manager write it), [`routes`] (what a
-//! routing object routes to) and [`http`] (a small GET client).
+//! routing object routes to), [`http`] (a small GET client) and [`metrics`] (what an
+//! out-of-process controller's `/metrics` says).
 
 pub mod dataplane;
 pub mod fixtures;
 pub mod http;
 pub mod kserve;
+pub mod metrics;
 pub mod objects;
 pub mod pki;
 pub mod process;

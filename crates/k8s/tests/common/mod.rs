@@ -68,6 +68,59 @@ impl Running {
         .await
         .unwrap();
     }
+
+    /// Positive evidence that the controller has taken in every change made so far to objects
+    /// of type `ar` in `ns`, and finished the reconciles those changes caused. Watch events of
+    /// one type arrive in order, and the controller queues the affected routemaps in the same
+    /// step as it stores an object; so once its store counts `marker` (a new watched object of
+    /// that type, created here, that no routemap reads), every earlier change of that type is
+    /// stored and queued, and once the queue is idle, worked off. `watched`: how many objects
+    /// of that type the store holds with the marker.
+    pub async fn drain(
+        &self,
+        client: &Client,
+        ns: &str,
+        ar: &ApiResource,
+        marker: &Value,
+        watched: usize,
+    ) {
+        objects::apply(client, ar, Some(ns), marker, "test")
+            .await
+            .unwrap();
+        let resource = if ar.group.is_empty() {
+            ar.plural.clone()
+        } else {
+            format!("{}.{}", ar.plural, ar.group)
+        };
+        let c = self.controller.clone();
+        testenv::wait_for(
+            &format!("the controller's store to hold {watched} {resource}"),
+            WAIT,
+            || {
+                let n = c.watched_counts().get(&resource).copied().unwrap_or(0);
+                async move { (n == watched).then_some(()) }
+            },
+        )
+        .await
+        .unwrap();
+        self.settled().await;
+    }
+}
+
+/// A Deployment no routemap reads, for [`Running::drain`].
+pub fn marker_deployment(name: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {"iter8.tools/watch": "true"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "marker"}]}}}
+    })
+}
+
+/// An InferenceService no routemap reads, for [`Running::drain`].
+pub fn marker_isvc(name: &str) -> Value {
+    fixtures::inference_service_object("marker", name, "gs://marker")
 }
 
 /// Starts a controller watching `namespace` (or everything when cluster-scoped).
@@ -97,7 +150,8 @@ pub fn tutorial_str_spec(ns: &str, versions: usize) -> String {
     fixtures::tutorial_routemap("wisdom", ns, versions).unwrap()
 }
 
-/// Applies a routemap ConfigMap as the release chart would.
+/// Applies a routemap ConfigMap labelled as the release chart labels it
+/// ([`fixtures::routemap_object`]).
 pub async fn apply_routemap(client: &Client, ns: &str, name: &str, data: Value) -> ConfigMap {
     Api::<ConfigMap>::namespaced(client.clone(), ns)
         .patch(
@@ -109,8 +163,8 @@ pub async fn apply_routemap(client: &Client, ns: &str, name: &str, data: Value) 
         .unwrap()
 }
 
-/// Applies InferenceService `name` of application `wisdom` as the release chart renders it
-/// (no status yet).
+/// Applies InferenceService `name` of application `wisdom` as the release chart renders it,
+/// without the chart's version label ([`fixtures::inference_service_object`]); no status yet.
 pub async fn apply_isvc(client: &Client, ns: &str, name: &str, storage: &str) -> DynamicObject {
     let obj = fixtures::inference_service_object("wisdom", name, storage);
     objects::apply(client, &isvc_ar(), Some(ns), &obj, "helm")
