@@ -42,6 +42,18 @@ impl Iter8 {
         lease: (&str, &str),
         log_dir: &Path,
     ) -> Iter8 {
+        Iter8::start_with(name, kubeconfig, ns, lease, log_dir, &[])
+    }
+
+    /// Like [`Iter8::start`], with more controller flags.
+    fn start_with(
+        name: &str,
+        kubeconfig: &Path,
+        ns: &str,
+        lease: (&str, &str),
+        log_dir: &Path,
+        extra: &[&str],
+    ) -> Iter8 {
         let admin = testenv::process::free_port().unwrap();
         let log = std::fs::File::create(log_dir.join(format!("{name}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_iter8"))
@@ -54,6 +66,7 @@ impl Iter8 {
                 &format!("127.0.0.1:{admin}"),
             ])
             .args(["--lease-duration", lease.0, "--lease-renew-every", lease.1])
+            .args(extra)
             .env("POD_NAME", name)
             .env_remove("CONFIG_FILE")
             .stdout(log.try_clone().unwrap())
@@ -331,13 +344,17 @@ async fn an_api_server_outage_shows_in_readyz_and_the_controller_converges_after
     .unwrap();
 
     cp.stop_apiserver();
-    testenv::wait_for(
+    let body = testenv::wait_for(
         "/readyz to report the outage",
         Duration::from_secs(60),
-        || async { (p.get("/readyz").map(|r| r.0) == Some(503)).then_some(()) },
+        || async { p.get("/readyz").filter(|r| r.0 == 503).map(|r| r.1) },
     )
     .await
     .unwrap();
+    assert!(
+        body.contains("not synced") || body.contains("API requests failing"),
+        "/readyz says why: {body}"
+    );
     assert_eq!(
         p.get("/livez").map(|r| r.0),
         Some(200),
@@ -345,6 +362,9 @@ async fn an_api_server_outage_shows_in_readyz_and_the_controller_converges_after
     );
 
     cp.restart_apiserver().await.unwrap();
+    // From here the API server answers: a routing change must be applied within seconds
+    // (the watches relist at once or after a backoff of at most 4 s), not a minute.
+    let back = Instant::now();
     let client = cp.client().await.unwrap();
     set_ready(&client, &ns, "wisdom-1", true).await;
     wait_routes(
@@ -354,6 +374,12 @@ async fn an_api_server_outage_shows_in_readyz_and_the_controller_converges_after
         Duration::from_secs(60),
     )
     .await;
+    let resumed = back.elapsed();
+    println!("API server ready -> routing change applied: {resumed:?}");
+    assert!(
+        resumed < Duration::from_secs(10),
+        "resumed after {resumed:?}"
+    );
     testenv::wait_for("/readyz to recover", WAIT, || async {
         (p.get("/readyz").map(|r| r.0) == Some(200)).then_some(())
     })
@@ -364,4 +390,42 @@ async fn an_api_server_outage_shows_in_readyz_and_the_controller_converges_after
         m.get("iter8_watch_restarts_total", None) >= 1.0,
         "watch restarts are counted"
     );
+}
+
+#[tokio::test]
+async fn a_lease_that_cannot_be_written_is_retried_with_backoff_and_logged_once() {
+    let cp = testenv::shared().unwrap();
+    let ns = cp.namespace("lease-backoff").await.unwrap();
+    let log_dir = cp.dir().join(format!("lease-backoff-{ns}"));
+    std::fs::create_dir_all(&log_dir).unwrap();
+    // The Lease's namespace does not exist: every attempt fails with 404.
+    let p = Iter8::start_with(
+        "lease-backoff",
+        cp.kubeconfig_path(),
+        &ns,
+        ("4s", "1s"),
+        &log_dir,
+        &["--lease-namespace", "no-such-namespace"],
+    );
+    let failures = "iter8_lease_update_failures_total";
+    let started = Instant::now();
+    testenv::wait_for("five failed lease updates", WAIT, || async {
+        // Not `metrics()`: the admin server may not listen yet.
+        let m = p
+            .get("/metrics")
+            .and_then(|(_, body)| testenv::metrics::parse(&body).ok())?;
+        (m.get(failures, None) >= 5.0).then_some(())
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    let text = std::fs::read_to_string(log_dir.join("lease-backoff.log")).unwrap();
+    let logged = text.matches("lease update failed").count();
+    // Backoff from 100 ms doubling (jitter only adds): five attempts need at least
+    // 100 + 200 + 400 + 800 ms between them; without backoff they came in milliseconds.
+    assert!(
+        took >= Duration::from_millis(1500),
+        "five attempts in {took:?}"
+    );
+    assert_eq!(logged, 1, "one log line for an unchanged error:\n{text}");
 }
