@@ -45,37 +45,9 @@ fn spec_with(templates: &[(&str, &str, String)]) -> String {
 }
 
 async fn warning_with(client: &Client, ns: &str, routemap: &str, needles: &[&str]) -> String {
-    let found = testenv::wait_for(&format!("a Warning with {needles:?}"), WAIT, || async {
-        warnings(client, ns, routemap)
-            .await
-            .into_iter()
-            .find(|w| needles.iter().all(|n| w.contains(n)))
-    })
-    .await;
-    match found {
-        Ok(w) => w,
-        Err(e) => panic!("{e}; Warnings: {:#?}", warnings(client, ns, routemap).await),
-    }
-}
-
-/// Warning Events about `routemap`, as "Reason: note".
-async fn warnings(client: &Client, ns: &str, routemap: &str) -> Vec<String> {
-    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
-        .list(&Default::default())
+    testenv::events::wait_warning(client, ns, routemap, needles, WAIT)
         .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(routemap))
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default()
-            )
-        })
-        .collect()
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[tokio::test]

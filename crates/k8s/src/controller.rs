@@ -832,14 +832,7 @@ impl Controller {
 
 /// Retry delays: 200 ms doubling to at most a minute, with jitter.
 fn retry_backoff() -> impl Iterator<Item = Duration> + Send {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(60))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
+    crate::error::backoff(Duration::from_millis(200), Duration::from_secs(60))
 }
 
 /// The Event subject of pruning one object.

@@ -126,6 +126,22 @@ impl Error {
     }
 }
 
+/// Delays for retrying a failing request: from `min`, doubling with jitter, at most about
+/// `max`, forever (every retry loop of the controller uses this).
+pub fn backoff(
+    min: std::time::Duration,
+    max: std::time::Duration,
+) -> impl Iterator<Item = std::time::Duration> + Send {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(min.min(max))
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// The API server's own message for status errors (kube's Display repeats the whole status).
 pub fn describe(e: &kube::Error) -> String {
     match e {

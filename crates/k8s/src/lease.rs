@@ -157,14 +157,7 @@ pub async fn run(
 /// Delays between failed lease updates: from 100 ms, doubling, with jitter, up to about the
 /// renew interval (a leader must retry before its lease runs out).
 fn failure_backoff(cfg: &LeaseConfig) -> impl Iterator<Item = Duration> {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100).min(cfg.renew_every))
-        .with_max_delay(cfg.renew_every)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
+    crate::error::backoff(Duration::from_millis(100), cfg.renew_every)
 }
 
 async fn watch_lease(

@@ -7,7 +7,6 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{StreamExt, TryStreamExt};
 use kube::api::Api;
 use kube::runtime::watcher::{self, watcher, Event};
@@ -32,13 +31,7 @@ pub enum Change<K> {
 /// Backoff between failed watch attempts: 250 ms doubling to at most 4 s, with jitter, so a
 /// watch lists again within seconds of the API server coming back.
 pub fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(4))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
+    crate::error::backoff(Duration::from_millis(250), Duration::from_secs(4))
 }
 
 /// Runs a watch forever, handing every change to `apply`.

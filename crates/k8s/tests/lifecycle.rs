@@ -8,70 +8,17 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use iter8_k8s::{Controller, Leadership, Options};
+use iter8_k8s::Leadership;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 
 const ROUTEMAP: &str = "wisdom-routemap";
-
-/// A controller of this test, stopped when dropped.
-struct Ctl {
-    c: Arc<Controller>,
-    shutdown: Arc<Notify>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Ctl {
-    fn drop(&mut self) {
-        self.shutdown.notify_one();
-        self.task.abort();
-    }
-}
-
-impl Ctl {
-    fn start(client: Client, ns: &str, leadership: Leadership) -> Ctl {
-        let c = Controller::new(
-            client,
-            config(),
-            Options {
-                namespace: ns.to_string(),
-                instance: Some("lifecycle".into()),
-            },
-            leadership,
-        );
-        let shutdown = Arc::new(Notify::new());
-        let task = tokio::spawn(c.clone().run(shutdown.clone()));
-        Ctl { c, shutdown, task }
-    }
-
-    async fn settled(&self) {
-        let c = self.c.clone();
-        testenv::wait_for("the controller to settle", WAIT, || {
-            let c = c.clone();
-            async move { (c.synced() && c.is_idle()).then_some(()) }
-        })
-        .await
-        .unwrap();
-    }
-
-    async fn wait_metric(&self, what: &str, f: impl Fn(&iter8_k8s::metrics::Metrics) -> bool) {
-        let c = self.c.clone();
-        testenv::wait_for(what, WAIT, || {
-            let ok = f(c.metrics());
-            async move { ok.then_some(()) }
-        })
-        .await
-        .unwrap();
-    }
-}
 
 struct Env {
     client: Client,
@@ -114,20 +61,7 @@ impl Env {
     }
 
     async fn warning(&self, needles: &[&str]) -> String {
-        let found = testenv::wait_for(&format!("a Warning with {needles:?}"), WAIT, || async {
-            warnings(&self.client, &self.ns, ROUTEMAP)
-                .await
-                .into_iter()
-                .find(|w| needles.iter().all(|n| w.contains(n)))
-        })
-        .await;
-        match found {
-            Ok(w) => w,
-            Err(e) => panic!(
-                "{e}; Warnings: {:#?}",
-                warnings(&self.client, &self.ns, ROUTEMAP).await
-            ),
-        }
+        wait_warning(&self.client, &self.ns, ROUTEMAP, needles).await
     }
 
     async fn patch_routemap(&self, patch: Value) {
@@ -155,7 +89,8 @@ fn two_templates(ns: &str) -> String {
 #[tokio::test]
 async fn an_unaccepted_version_label_keeps_the_routing_and_says_why() {
     let env = Env::new("version-label").await;
-    let ctl = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let ctl =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     env.step1().await;
     let before = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
         true
@@ -171,10 +106,10 @@ async fn an_unaccepted_version_label_keeps_the_routing_and_says_why() {
     // The Warning proves the controller saw the change; the routing is untouched.
     let after = env.vs("wisdom").await.expect("the VirtualService is kept");
     assert_eq!(after.resource_version(), before.resource_version());
-    assert_eq!(ctl.c.metrics().deletes.get(), 0);
+    assert_eq!(ctl.controller.metrics().deletes.get(), 0);
 
     // Accepted again: reconciled again.
-    let reconciles = ctl.c.metrics().reconciles.get();
+    let reconciles = ctl.controller.metrics().reconciles.get();
     env.patch_routemap(json!({"metadata": {"labels": {"iter8.tools/version": "v1.1"}}}))
         .await;
     ctl.wait_metric("a reconcile after the fix", |m| {
@@ -188,7 +123,8 @@ async fn an_unaccepted_version_label_keeps_the_routing_and_says_why() {
 #[tokio::test]
 async fn a_routemap_that_loses_its_kind_label_keeps_its_routing() {
     let env = Env::new("kind-label").await;
-    let ctl = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let ctl =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     env.step1().await;
     let before = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
         true
@@ -207,7 +143,7 @@ async fn a_routemap_that_loses_its_kind_label_keeps_its_routing() {
     assert!(w.contains("kept"), "{w}");
     let after = env.vs("wisdom").await.expect("the VirtualService is kept");
     assert_eq!(after.resource_version(), before.resource_version());
-    assert_eq!(ctl.c.metrics().deletes.get(), 0);
+    assert_eq!(ctl.controller.metrics().deletes.get(), 0);
 
     // Labelled again, then deleted: now its routing goes, by the controller's hand.
     env.patch_routemap(json!({"metadata": {"labels": {"iter8.tools/kind": "routemap"}}}))
@@ -215,13 +151,14 @@ async fn a_routemap_that_loses_its_kind_label_keeps_its_routing() {
     ctl.settled().await;
     env.delete_routemap().await;
     env.wait_gone("wisdom").await;
-    assert_eq!(ctl.c.metrics().deletes.get(), 1);
+    assert_eq!(ctl.controller.metrics().deletes.get(), 1);
 }
 
 #[tokio::test]
 async fn an_invalid_str_spec_keeps_the_routing() {
     let env = Env::new("invalid-spec").await;
-    let ctl = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let ctl =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     env.step1().await;
     let before = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
         true
@@ -234,13 +171,14 @@ async fn an_invalid_str_spec_keeps_the_routing() {
     assert_eq!(w.matches("invalid routemap").count(), 1, "{w}");
     let after = env.vs("wisdom").await.expect("the VirtualService is kept");
     assert_eq!(after.resource_version(), before.resource_version());
-    assert_eq!(ctl.c.metrics().deletes.get(), 0);
+    assert_eq!(ctl.controller.metrics().deletes.get(), 0);
 }
 
 #[tokio::test]
 async fn deleting_a_routemap_deletes_its_routing_without_the_garbage_collector() {
     let env = Env::new("delete").await;
-    let ctl = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let ctl =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     env.step1().await;
     wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
         true
@@ -248,13 +186,14 @@ async fn deleting_a_routemap_deletes_its_routing_without_the_garbage_collector()
     .await;
     env.delete_routemap().await;
     env.wait_gone("wisdom").await;
-    assert_eq!(ctl.c.metrics().deletes.get(), 1);
+    assert_eq!(ctl.controller.metrics().deletes.get(), 1);
 }
 
 #[tokio::test]
 async fn routing_objects_no_template_renders_any_more_are_deleted() {
     let env = Env::new("prune").await;
-    let ctl = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let ctl =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     env.step1().await;
     env.patch_routemap(json!({"data": {"strSpec": two_templates(&env.ns)}}))
         .await;
@@ -276,7 +215,7 @@ async fn routing_objects_no_template_renders_any_more_are_deleted() {
         env.vs("wisdom").await.unwrap().resource_version(),
         kept.resource_version()
     );
-    assert_eq!(ctl.c.metrics().deletes.get(), 1);
+    assert_eq!(ctl.controller.metrics().deletes.get(), 1);
     let deleted: Vec<String> = events(&env.client, &env.ns, ROUTEMAP)
         .await
         .into_iter()
@@ -298,13 +237,14 @@ async fn routing_objects_no_template_renders_any_more_are_deleted() {
     env.patch_routemap(json!({"data": {"strSpec": versions_only}}))
         .await;
     env.wait_gone("wisdom").await;
-    assert_eq!(ctl.c.metrics().deletes.get(), 2);
+    assert_eq!(ctl.controller.metrics().deletes.get(), 2);
 }
 
 #[tokio::test]
 async fn routing_of_a_routemap_deleted_while_no_controller_ran_is_deleted_at_start() {
     let env = Env::new("orphan").await;
-    let first = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let first =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     env.step1().await;
     wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
         true
@@ -314,9 +254,10 @@ async fn routing_of_a_routemap_deleted_while_no_controller_ran_is_deleted_at_sta
     drop(first);
 
     env.delete_routemap().await;
-    let second = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let second =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     env.wait_gone("wisdom").await;
-    assert_eq!(second.c.metrics().deletes.get(), 1);
+    assert_eq!(second.controller.metrics().deletes.get(), 1);
 }
 
 /// A VirtualService that looks like ours (label, ownerReference) but that someone else wrote.
@@ -341,7 +282,8 @@ async fn foreign_vs(env: &Env, name: &str, owner_uid: &str) {
 #[tokio::test]
 async fn objects_the_controller_did_not_write_are_never_deleted() {
     let env = Env::new("foreign").await;
-    let ctl = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let ctl =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     let cm = env.step1().await;
     let uid = cm.uid().unwrap();
     wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
@@ -374,8 +316,9 @@ async fn objects_the_controller_did_not_write_are_never_deleted() {
     env.wait_gone("wisdom").await;
     ctl.settled().await;
     drop(ctl);
-    let again = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
-    again.c.enqueue_all();
+    let again =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    again.controller.enqueue_all();
     again
         .wait_metric("the orphan sweep to run", |m| m.reconciles.get() >= 1)
         .await;
@@ -384,7 +327,7 @@ async fn objects_the_controller_did_not_write_are_never_deleted() {
         env.vs("foreign").await.is_some(),
         "deleted a foreign object"
     );
-    assert_eq!(again.c.metrics().deletes.get(), 0);
+    assert_eq!(again.controller.metrics().deletes.get(), 0);
 }
 
 /// The rules a controller needs in `ns` (every configured type, routemaps, Events), with
@@ -454,7 +397,7 @@ async fn a_failed_delete_is_retried_with_backoff() {
     let env = Env::new("delete-retry").await;
     let all = ["get", "list", "watch", "create", "patch", "delete"];
     let client = as_service_account(&env, rules(&VS_WITHOUT_DELETE, &["create", "patch"])).await;
-    let ctl = Ctl::start(client, &env.ns, Leadership::always());
+    let ctl = start_controller_as(client, &env.ns, config(), Leadership::always()).await;
     env.step1().await;
     wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
         true
@@ -469,14 +412,14 @@ async fn a_failed_delete_is_retried_with_backoff() {
     let granted = Instant::now();
     env.wait_gone("wisdom").await;
     println!("deleted {:?} after the grant", granted.elapsed());
-    assert_eq!(ctl.c.metrics().deletes.get(), 1);
+    assert_eq!(ctl.controller.metrics().deletes.get(), 1);
 }
 
 #[tokio::test]
 async fn a_failed_event_is_published_later() {
     let env = Env::new("event-retry").await;
     let client = as_service_account(&env, rules(&VS_WITHOUT_DELETE, &["get"])).await;
-    let ctl = Ctl::start(client, &env.ns, Leadership::always());
+    let ctl = start_controller_as(client, &env.ns, config(), Leadership::always()).await;
     apply_isvc(&env.client, &env.ns, "wisdom-0", "gs://m").await;
     apply_routemap(
         &env.client,
@@ -501,7 +444,7 @@ async fn a_failed_event_is_published_later() {
 async fn news_that_failed_to_publish_goes_out_at_the_next_reconcile() {
     let env = Env::new("event-outbox").await;
     let client = as_service_account(&env, rules(&VS_WITHOUT_DELETE, &["get"])).await;
-    let ctl = Ctl::start(client, &env.ns, Leadership::always());
+    let ctl = start_controller_as(client, &env.ns, config(), Leadership::always()).await;
     env.step1().await;
     wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
         true
@@ -522,13 +465,14 @@ async fn news_that_failed_to_publish_goes_out_at_the_next_reconcile() {
     })
     .await
     .unwrap();
-    assert_eq!(ctl.c.metrics().applies_with("applied"), 1);
+    assert_eq!(ctl.controller.metrics().applies_with("applied"), 1);
 }
 
 #[tokio::test]
 async fn a_standby_keeps_every_store_warm_and_takes_over_without_writing() {
     let env = Env::new("standby").await;
-    let leader = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let leader =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     env.step1().await;
     let vs = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
         true
@@ -537,18 +481,23 @@ async fn a_standby_keeps_every_store_warm_and_takes_over_without_writing() {
     leader.settled().await;
 
     let standby_lease = Leadership::standby();
-    let standby = Ctl::start(env.client.clone(), &env.ns, standby_lease.clone());
+    let standby =
+        start_controller_as(env.client.clone(), &env.ns, config(), standby_lease.clone()).await;
     standby.settled().await;
     let routing_watch = "routing virtualservices.networking.istio.io: Listed";
     assert!(
-        standby.c.watches().iter().any(|w| w == routing_watch),
+        standby
+            .controller
+            .watches()
+            .iter()
+            .any(|w| w == routing_watch),
         "standby watches: {:?}",
-        standby.c.watches()
+        standby.controller.watches()
     );
 
     drop(leader);
     standby_lease.lead_until(Instant::now() + Duration::from_secs(3600));
-    standby.c.enqueue_all();
+    standby.controller.enqueue_all();
     // Evidence that it reconciled, before checking that it wrote nothing.
     standby
         .wait_metric("the new leader to reconcile", |m| {
@@ -556,7 +505,7 @@ async fn a_standby_keeps_every_store_warm_and_takes_over_without_writing() {
         })
         .await;
     standby.settled().await;
-    assert_eq!(standby.c.metrics().applies_with("applied"), 0);
+    assert_eq!(standby.controller.metrics().applies_with("applied"), 0);
     assert_eq!(
         env.vs("wisdom").await.unwrap().resource_version(),
         vs.resource_version()
@@ -566,7 +515,8 @@ async fn a_standby_keeps_every_store_warm_and_takes_over_without_writing() {
 #[tokio::test]
 async fn a_refused_apply_keeps_the_object_it_would_have_replaced() {
     let env = Env::new("refused-rename").await;
-    let ctl = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let ctl =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     env.step1().await;
     let before = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
         true
@@ -589,13 +539,14 @@ async fn a_refused_apply_keeps_the_object_it_would_have_replaced() {
     let after = env.vs("wisdom").await.expect("the old object is kept");
     assert_eq!(after.resource_version(), before.resource_version());
     assert!(env.vs("wisdom-new").await.is_none());
-    assert_eq!(ctl.c.metrics().deletes.get(), 0);
+    assert_eq!(ctl.controller.metrics().deletes.get(), 0);
 }
 
 #[tokio::test]
 async fn a_type_the_controller_may_not_read_holds_the_routemaps_that_read_it() {
     let env = Env::new("forbidden-type").await;
-    let first = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let first =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     env.step1().await;
     let before = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
         true
@@ -611,7 +562,7 @@ async fn a_type_the_controller_may_not_read_holds_the_routemaps_that_read_it() {
         .filter(|r| r.api_groups.as_deref() != Some(&["serving.kserve.io".to_string()]))
         .collect();
     let client = as_service_account(&env, without_isvc).await;
-    let ctl = Ctl::start(client, &env.ns, Leadership::always());
+    let ctl = start_controller_as(client, &env.ns, config(), Leadership::always()).await;
     let w = env
         .warning(&[
             "ResourceProblem",
@@ -625,7 +576,7 @@ async fn a_type_the_controller_may_not_read_holds_the_routemaps_that_read_it() {
         env.vs("wisdom").await.unwrap().resource_version(),
         before.resource_version()
     );
-    assert_eq!(ctl.c.metrics().applies_with("applied"), 0);
+    assert_eq!(ctl.controller.metrics().applies_with("applied"), 0);
 
     // Granted: the type is listed, the routemap reconciled, nothing needs writing.
     set_role(&env, rules(&VS_WITHOUT_DELETE, &["create", "patch"])).await;
@@ -633,7 +584,7 @@ async fn a_type_the_controller_may_not_read_holds_the_routemaps_that_read_it() {
         m.applies_with("unchanged") >= 1
     })
     .await;
-    assert_eq!(ctl.c.metrics().applies_with("applied"), 0);
+    assert_eq!(ctl.controller.metrics().applies_with("applied"), 0);
     assert_eq!(
         env.vs("wisdom").await.unwrap().resource_version(),
         before.resource_version()
@@ -643,7 +594,8 @@ async fn a_type_the_controller_may_not_read_holds_the_routemaps_that_read_it() {
 #[tokio::test]
 async fn an_existing_object_the_controller_did_not_write_is_not_taken_over() {
     let env = Env::new("not-ours").await;
-    let _ctl = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let _ctl =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     let theirs = json!({
         "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
         "metadata": {"name": "wisdom", "namespace": env.ns},
@@ -674,7 +626,8 @@ async fn an_existing_object_the_controller_did_not_write_is_not_taken_over() {
 #[tokio::test]
 async fn two_routemaps_rendering_one_object_keep_a_stable_winner() {
     let env = Env::new("two-owners").await;
-    let ctl = Ctl::start(env.client.clone(), &env.ns, Leadership::always());
+    let ctl =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
     env.step1().await;
     let first = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
         true
@@ -705,7 +658,7 @@ async fn two_routemaps_rendering_one_object_keep_a_stable_winner() {
     assert_eq!(vs.owner_references()[0].name, ROUTEMAP);
 
     // Deleting the second routemap deletes nothing of the first's.
-    let reconciles = ctl.c.metrics().reconciles.get();
+    let reconciles = ctl.controller.metrics().reconciles.get();
     Api::<ConfigMap>::namespaced(env.client.clone(), &env.ns)
         .delete("copycat", &DeleteParams::default())
         .await
@@ -716,5 +669,5 @@ async fn two_routemaps_rendering_one_object_keep_a_stable_winner() {
     .await;
     ctl.settled().await;
     assert!(env.vs("wisdom").await.is_some());
-    assert_eq!(ctl.c.metrics().deletes.get(), 0);
+    assert_eq!(ctl.controller.metrics().deletes.get(), 0);
 }

@@ -12,6 +12,7 @@
 //! out-of-process controller's `/metrics` says).
 
 pub mod dataplane;
+pub mod events;
 pub mod fixtures;
 pub mod http;
 pub mod kserve;

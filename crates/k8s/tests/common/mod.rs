@@ -58,6 +58,17 @@ impl Drop for Running {
 }
 
 impl Running {
+    /// Waits until the controller's metrics satisfy `f`.
+    pub async fn wait_metric(&self, what: &str, f: impl Fn(&iter8_k8s::metrics::Metrics) -> bool) {
+        let c = self.controller.clone();
+        testenv::wait_for(what, WAIT, || {
+            let ok = f(c.metrics());
+            async move { ok.then_some(()) }
+        })
+        .await
+        .unwrap();
+    }
+
     /// Waits until the controller has listed everything and worked off its queue.
     pub async fn settled(&self) {
         let c = self.controller.clone();
@@ -125,6 +136,17 @@ pub fn marker_isvc(name: &str) -> Value {
 
 /// Starts a controller watching `namespace` (or everything when cluster-scoped).
 pub async fn start_controller(client: Client, namespace: &str, config: Config) -> Running {
+    start_controller_as(client, namespace, config, Leadership::always()).await
+}
+
+/// Starts a controller with `leadership` (a standby with [`Leadership::standby`]); returns
+/// once it has listed everything and worked off its queue.
+pub async fn start_controller_as(
+    client: Client,
+    namespace: &str,
+    config: Config,
+    leadership: Leadership,
+) -> Running {
     let controller = Controller::new(
         client,
         config,
@@ -132,7 +154,7 @@ pub async fn start_controller(client: Client, namespace: &str, config: Config) -
             namespace: namespace.to_string(),
             instance: Some("test".into()),
         },
-        Leadership::always(),
+        leadership,
     );
     let shutdown = Arc::new(Notify::new());
     let task = tokio::spawn(controller.clone().run(shutdown.clone()));
@@ -220,47 +242,20 @@ pub fn expected_vs_spec(ns: &str, step: u8) -> Value {
 
 /// Warning Events about routemap `name` in `ns`, as "Reason: note".
 pub async fn warnings(client: &Client, ns: &str, name: &str) -> Vec<String> {
-    events(client, ns, name)
-        .await
-        .into_iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e.reason.unwrap_or_default(),
-                e.note.unwrap_or_default()
-            )
-        })
-        .collect()
+    testenv::events::warnings(client, ns, name).await
 }
 
 /// Waits for a Warning Event on routemap `ns/routemap` whose "Reason: note" contains every
 /// needle; returns it, or panics listing the Warnings there are.
 pub async fn wait_warning(client: &Client, ns: &str, routemap: &str, needles: &[&str]) -> String {
-    let what = format!("a Warning Event on {routemap} containing {needles:?}");
-    let found = testenv::wait_for(&what, WAIT, || async {
-        warnings(client, ns, routemap)
-            .await
-            .into_iter()
-            .find(|w| needles.iter().all(|n| w.contains(n)))
-    })
-    .await;
-    match found {
-        Ok(w) => w,
-        Err(e) => panic!("{e}; warnings: {:#?}", warnings(client, ns, routemap).await),
-    }
+    testenv::events::wait_warning(client, ns, routemap, needles, WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// All Events about routemap `name` in `ns`.
 pub async fn events(client: &Client, ns: &str, name: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(client.clone(), ns)
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .collect()
+    testenv::events::about(client, ns, name).await
 }
 
 /// A namespace-scoped config with the default resource types.
