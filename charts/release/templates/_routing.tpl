@@ -40,6 +40,16 @@ Arguments of every helper (dict):
 {{- end }}
 {{- end }}
 
+{{/*
+The name a version goes by in routing: route names and the `app-version` response header. As in
+Iter8 v1.1 it is the name of the resource requests are sent to: the version's Service
+(deployment*) or InferenceService (kserve*), which is the version name unless a
+*Specification.metadata.name renames it.
+*/}}
+{{- define "release.routing.versionName" -}}
+{{- if eq .env.workload "deployment" }}{{ .v.svc.name }}{{ else }}{{ .v.isvc.name }}{{ end -}}
+{{- end }}
+
 {{/* The resource type (routemap gvrShort) of the routing object. */}}
 {{- define "release.routing.gvrShort" -}}
 {{- if eq .env.routing "gateway-api" }}httproute{{ else }}vs{{ end -}}
@@ -71,7 +81,7 @@ with .branch (KServe blue-green), it drops the internal `branch` request header.
       {{- end }}
     response:
       add:
-        app-version: {{ $v.name }}
+        app-version: {{ include "release.routing.versionName" . }}
 {{- else if eq .env.routing "modelmesh" -}}
 - destination:
     host: {{ include "release.modelmesh.host" $root }}
@@ -86,19 +96,19 @@ with .branch (KServe blue-green), it drops the internal `branch` request header.
         mm-vmodel-id: {{ $v.isvc.name }}
     response:
       add:
-        app-version: {{ $v.name }}
+        app-version: {{ include "release.routing.versionName" . }}
 {{- else -}}
 - destination:
     host: {{ $v.svc.name }}.{{ $v.svc.namespace }}.svc.cluster.local
     port:
-      number: {{ $v.port }}
+      number: {{ $v.servicePort }}
   {{- if .weighted }}
   weight: {{ include "release.tmpl.weight" $v.index }}
   {{- end }}
   headers:
     response:
       add:
-        app-version: {{ $v.name }}
+        app-version: {{ include "release.routing.versionName" . }}
 {{- end }}
 {{- end }}
 
@@ -152,13 +162,13 @@ spec:
   {{- /* candidates first, each behind its match; the primary takes the rest */}}
   {{- range $v := $candidates }}
   {{ include "release.tmpl.ifReady" $v.index }}
-  - name: {{ $v.name }}
+  - name: {{ include "release.routing.versionName" (merge (dict "v" $v) $) }}
     match:
     {{- include "release.istio.match" (dict "root" $root "v" $v) | nindent 4 }}
     {{- include "release.istio.routeTo" (merge (dict "v" $v) $) | nindent 4 }}
   {{ include "release.tmpl.end" . }}
   {{- end }}
-  - name: {{ $primary.name }}
+  - name: {{ include "release.routing.versionName" (merge (dict "v" $primary) $) }}
     {{- include "release.istio.routeTo" (merge (dict "v" $primary) $) | nindent 4 }}
 {{- else if eq .strategy "mirror" }}
   {{- /* everything to the primary; a copy of a share of it to the candidate */}}
@@ -170,7 +180,7 @@ spec:
     mirror:
       host: {{ $v.svc.name }}.{{ $v.svc.namespace }}.svc.cluster.local
       port:
-        number: {{ $v.port }}
+        number: {{ $v.servicePort }}
     mirrorPercentage:
       value: {{ include "release.tmpl.weight" $v.index }}
     {{ include "release.tmpl.end" . }}
@@ -178,13 +188,13 @@ spec:
 {{- else if eq .env.routing "kserve" }}
   {{- /*
   blue-green on KServe: the path rewrite differs per version and Istio rewrites per route, not
-  per destination. So the weighted route "<app>" only picks a version, recording it in the
+  per destination. So the weighted route "split" only picks a version, recording it in the
   `branch` header, and sends the request back through the local gateway, where the version's
   own route (matched on `branch`) rewrites the path and sets the predictor host.
   */}}
   {{- range $v := .versions }}
   {{ include "release.tmpl.ifReady" $v.index }}
-  - name: {{ $v.name }}
+  - name: {{ $v.isvc.name }}
     match:
     - headers:
         branch:
@@ -192,7 +202,8 @@ spec:
     {{- include "release.istio.routeTo" (merge (dict "v" $v "branch" true) $) | nindent 4 }}
   {{ include "release.tmpl.end" . }}
   {{- end }}
-  - name: {{ $name }}
+  {{- /* "split", as v1.1 names it */}}
+  - name: split
     route:
     {{- range $v := .versions }}
     {{ include "release.tmpl.ifReady" $v.index }}
@@ -229,7 +240,7 @@ spec:
   {{- if ne $v.svc.namespace (include "release.appNamespace" .root) }}
   namespace: {{ $v.svc.namespace }}
   {{- end }}
-  port: {{ $v.port }}
+  port: {{ $v.servicePort }}
   {{- if .weighted }}
   weight: {{ include "release.tmpl.weight" $v.index }}
   {{- end }}
@@ -238,14 +249,14 @@ spec:
     responseHeaderModifier:
       add:
       - name: app-version
-        value: {{ $v.name }}
+        value: {{ $v.svc.name }}
 {{- end }}
 
 {{- define "release.routing.httpRoute" -}}
 {{- $root := .root -}}
 {{- $name := include "release.appName" $root -}}
 {{- $primary := first .versions -}}
-apiVersion: gateway.networking.k8s.io/v1
+apiVersion: gateway.networking.k8s.io/{{ $root.Values.gatewayAPIVersion | default "v1" }}
 kind: HTTPRoute
 metadata:
   name: {{ $name }}
@@ -255,11 +266,12 @@ spec:
   - group: ""
     kind: Service
     name: {{ $name }}
-    port: {{ include "release.appPort" $root }}
+    port: 80
   {{- with $root.Values.gateway }}
   - name: {{ . }}
   {{- end }}
   hostnames:
+  - {{ $name }}
   {{- include "release.appHosts" $root | nindent 2 }}
   rules:
 {{- if eq .strategy "canary" }}

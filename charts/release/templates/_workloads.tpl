@@ -2,7 +2,11 @@
 The resources that make one version. Each takes (dict "root" $ "v" <normalized version> "raw" <version values>).
 */}}
 
-{{/* Deployment of a deployment* version: deploymentSpecification.spec verbatim, else one container. */}}
+{{/*
+Deployment of a deployment* version: deploymentSpecification.spec verbatim, else one container
+named after the version, its pods labelled `app: <version name>` (as Iter8 v1.1, also when
+deploymentSpecification.metadata.name renames the Deployment), listening on the version's port.
+*/}}
 {{- define "release.deployment" -}}
 {{- $spec := .raw.deploymentSpecification | default dict -}}
 apiVersion: apps/v1
@@ -14,21 +18,24 @@ spec:
 {{- else }}
   selector:
     matchLabels:
-      app: {{ .v.deploy.name }}
+      app: {{ .v.name }}
   template:
     metadata:
       labels:
-        app: {{ .v.deploy.name }}
+        app: {{ .v.name }}
     spec:
       containers:
-      - name: {{ .v.deploy.name }}
+      - name: {{ .v.name }}
         image: {{ .raw.image }}
         ports:
         - containerPort: {{ .v.port }}
 {{- end }}
 {{- end }}
 
-{{/* Service of a deployment* version: serviceSpecification.spec verbatim, else one port to the pods. */}}
+{{/*
+Service of a deployment* version: serviceSpecification.spec verbatim, else the version's port,
+selecting `app: <version name>` (as Iter8 v1.1: pods labelled for v1.1 stay selected).
+*/}}
 {{- define "release.service" -}}
 {{- $spec := .raw.serviceSpecification | default dict -}}
 apiVersion: v1
@@ -39,7 +46,7 @@ spec:
   {{- toYaml $spec.spec | nindent 2 }}
 {{- else }}
   selector:
-    app: {{ .v.deploy.name }}
+    app: {{ .v.name }}
   ports:
   - port: {{ .v.port }}
 {{- end }}

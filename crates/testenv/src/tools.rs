@@ -32,6 +32,23 @@ pub fn cache_dir() -> PathBuf {
     Path::new(&home).join(".cache/iter8rs")
 }
 
+/// The original Iter8 release chart (`charts/release` of `github.com/iter8-tools/iter8` at
+/// `ITER8_ORIGINAL_VERSION`), which `testenv/setup.sh` copies out of the Go module cache.
+/// Not part of [`Tools::locate`]: only the chart compatibility test needs it.
+pub fn original_release_chart() -> Result<PathBuf> {
+    let dir = cache_dir().join(format!(
+        "iter8-release-chart-{}/release",
+        version("ITER8_ORIGINAL_VERSION")
+    ));
+    if !dir.join("Chart.yaml").is_file() {
+        bail!(
+            "missing the original Iter8 release chart: {}; run testenv/setup.sh to fetch it",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
 /// Paths of every component the control plane needs, checked to exist.
 #[derive(Debug, Clone)]
 pub struct Tools {
