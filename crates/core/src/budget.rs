@@ -20,6 +20,9 @@ pub const WORK_BUDGET: usize = 8 * 1024 * 1024;
 /// Largest padding one printf verb can add (gotmpl clamps widths to this).
 const MAX_WIDTH: usize = u16::MAX as usize;
 
+/// Most one call may build: as much as a whole rendered object may hold.
+pub const MAX_CALL: usize = 1024 * 1024;
+
 /// The budget of one execution.
 pub(crate) struct Budget {
     used: AtomicUsize,
@@ -35,6 +38,12 @@ impl Budget {
     }
 
     fn charge(&self, name: &str, cost: usize) -> Result<(), TemplateError> {
+        if cost > MAX_CALL {
+            return Err(TemplateError::Exec(format!(
+                "{name}: one call would build more than {} MiB of text; refusing",
+                MAX_CALL / (1024 * 1024)
+            )));
+        }
         let used = self
             .used
             .fetch_add(cost, Ordering::Relaxed)
@@ -76,7 +85,62 @@ pub(crate) fn metered_funcs(budget: &Arc<Budget>) -> FuncMap {
             }),
         );
     }
+    // `slice` copies (a substring), so it is charged what it copies; it keeps its value's
+    // type, so it is not called through a text template like the others.
+    let budget = budget.clone();
+    funcs.insert(
+        "slice".to_string(),
+        Arc::new(move |args: &[Value]| {
+            budget.charge("slice", args.first().map_or(0, printed_len))?;
+            slice(args)
+        }),
+    );
     funcs
+}
+
+/// Go's `slice x [i [j [k]]]` over strings (bytes) and lists.
+fn slice(args: &[Value]) -> Result<Value, TemplateError> {
+    let index = |v: &Value| match v {
+        Value::Int(n) => Ok(*n),
+        Value::Uint(n) => i64::try_from(*n)
+            .map_err(|_| TemplateError::Exec(format!("slice: index out of range: {n}"))),
+        other => Err(TemplateError::Exec(format!(
+            "slice: index must be integer, got {}",
+            other.type_name()
+        ))),
+    };
+    let Some(v) = args.first() else {
+        return Err(TemplateError::Exec(
+            "wrong number of args for slice: want 1-4 got 0".into(),
+        ));
+    };
+    match args.len() {
+        1 => v.slice(None, None),
+        2 => v.slice(Some(index(&args[1])?), None),
+        3 => v.slice(Some(index(&args[1])?), Some(index(&args[2])?)),
+        4 => {
+            let (i, j, k) = (index(&args[1])?, index(&args[2])?, index(&args[3])?);
+            match v {
+                Value::List(list) if 0 <= i && i <= j && j <= k && k <= list.len() as i64 => {
+                    v.slice(Some(i), Some(j))
+                }
+                Value::List(list) => Err(TemplateError::Exec(format!(
+                    "slice: index out of range [{i}:{j}:{k}] with length {}",
+                    list.len()
+                ))),
+                Value::String(_) => Err(TemplateError::Exec(
+                    "slice: cannot 3-index slice a string".into(),
+                )),
+                other => Err(TemplateError::Exec(format!(
+                    "slice: cannot slice type {}",
+                    other.type_name()
+                ))),
+            }
+        }
+        n => Err(TemplateError::Exec(format!(
+            "wrong number of args for slice: want 1-4 got {n}"
+        ))),
+    }
 }
 
 /// A builtin of gotmpl, called through a one-action template (gotmpl does not export its
@@ -136,13 +200,29 @@ fn escape_cost(args: &[Value]) -> usize {
     print_cost(args).saturating_mul(6)
 }
 
-/// The format, every argument printed, and the widest padding each verb may add.
+/// The format, and for each verb the longest argument (a verb can print any of them:
+/// `%[1]s%[1]s` prints the first twice) plus, when it gives a width or precision, the most
+/// padding that may add.
 fn printf_cost(args: &[Value]) -> usize {
-    let verbs = match args.first() {
-        Some(Value::String(f)) => f.matches('%').count(),
-        _ => 0,
+    let Some(Value::String(format)) = args.first() else {
+        return print_cost(args);
     };
-    print_cost(args).saturating_add(verbs.saturating_mul(MAX_WIDTH))
+    let longest = args.iter().skip(1).map(printed_len).max().unwrap_or(0);
+    let mut cost = print_cost(args);
+    let mut rest: &str = format;
+    while let Some(i) = rest.find('%') {
+        rest = &rest[i + 1..];
+        // Flags and an explicit argument index come before width and precision.
+        let spec = rest.trim_start_matches(['+', '-', '#', ' ', '0']);
+        let spec = match spec.strip_prefix('[') {
+            Some(after) => after.split_once(']').map_or(after, |(_, r)| r),
+            None => spec,
+        };
+        let padded = spec.starts_with(|c: char| c.is_ascii_digit() || c == '*' || c == '.');
+        let verb_cost = longest + 24 + if padded { MAX_WIDTH } else { 0 };
+        cost = cost.saturating_add(verb_cost);
+    }
+    cost
 }
 
 #[cfg(test)]
@@ -194,7 +274,40 @@ mod tests {
         let src = r#"{{$s := "x"}}{{range .}}{{$s = printf "%s%s" $s $s}}{{end}}{{len $s}}"#;
         assert_eq!(run_n(src, WORK_BUDGET, 10).expect("small"), "1024");
         let err = run_n(src, WORK_BUDGET, 40).expect_err("a 2^40 byte string");
-        assert!(err.to_string().contains("more than 8 MiB"), "{err}");
+        assert!(err.to_string().contains("refusing"), "{err}");
+    }
+
+    #[test]
+    fn slice_is_go_slice_and_is_charged() {
+        for (src, want) in [
+            (r#"{{slice "abcdef" 1 3}}"#, "bc"),
+            (r#"{{slice "abcdef" 2}}"#, "cdef"),
+            (r#"{{range slice .Xs 1 2}}{{.}}{{end}}"#, "b"),
+            (r#"{{len (slice .Xs 0 1 2)}}"#, "1"),
+        ] {
+            let budget = Budget::new(WORK_BUDGET);
+            let data = gotmpl::tmap! { "Xs" => vec!["a", "b", "c"] };
+            let got = gotmpl::html::Template::new("t")
+                .funcs(metered_funcs(&budget))
+                .parse(src)
+                .expect(src)
+                .execute_to_string(&data)
+                .expect(src);
+            assert_eq!(got, want, "{src}");
+        }
+        // Copying a long string again and again is charged.
+        let src = r#"{{$s := printf "%65535s" ""}}{{range 1000}}{{$t := slice $s 1}}{{end}}"#;
+        assert!(run(src, WORK_BUDGET).is_err());
+    }
+
+    #[test]
+    fn printing_one_argument_many_times_is_charged_per_verb() {
+        let src = format!(
+            r#"{{{{$s := printf "%65535s" ""}}}}{{{{$t := printf "{}" $s}}}}"#,
+            "%[1]s".repeat(20)
+        );
+        let err = run(&src, WORK_BUDGET).expect_err("charged per verb");
+        assert!(err.to_string().contains("one call"), "{err}");
     }
 
     #[test]

@@ -72,7 +72,11 @@ pub(crate) fn fix_left_trim_comments(src: &str) -> Cow<'_, str> {
 /// for the parser to report.
 pub(crate) fn check_block_balance(src: &str) -> Result<(), String> {
     let line_of = |pos: usize| src[..pos].matches('\n').count() + 1;
-    let mut open: Vec<(&str, usize)> = Vec::new();
+    // Open blocks, each with the `else if`/`else with` links of its chain: gotmpl's parser,
+    // escaper and executor recurse once per link, so they count towards the depth.
+    let mut open: Vec<(&str, usize, usize)> = Vec::new();
+    let depth =
+        |open: &[(&str, usize, usize)]| open.iter().map(|(_, _, links)| 1 + links).sum::<usize>();
     let mut i = 0;
     while let Some(offset) = src[i..].find("{{") {
         let start = i + offset;
@@ -92,9 +96,18 @@ pub(crate) fn check_block_balance(src: &str) -> Result<(), String> {
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .next()
             .unwrap_or_default();
+        let end = skip_action(src, k);
+        // The escaper's own functions are in gotmpl's function map once a template is escaped;
+        // called directly they would build text past the work budget (Go refuses them too).
+        if let Some(name) = RESERVED.iter().find(|r| src[k..end].contains(**r)) {
+            return Err(format!(
+                "line {}: {name}* functions are reserved for the escaper",
+                line_of(start)
+            ));
+        }
         match word {
             "if" | "range" | "with" | "define" | "block" => {
-                open.push((word, start));
+                open.push((word, start, 0));
                 if open.len() > MAX_NESTING {
                     return Err(format!(
                         "line {}: blocks nested more than {MAX_NESTING} deep",
@@ -108,12 +121,26 @@ pub(crate) fn check_block_balance(src: &str) -> Result<(), String> {
             "else" if open.is_empty() => {
                 return Err(format!("line {}: unexpected {{{{else}}}}", line_of(start)))
             }
+            "else" => {
+                let next = src[k + 4..].trim_start();
+                if next.starts_with("if ") || next.starts_with("with ") {
+                    if let Some(top) = open.last_mut() {
+                        top.2 += 1;
+                    }
+                    if depth(&open) > MAX_DEPTH {
+                        return Err(format!(
+                            "line {}: blocks and else-if chains nested more than {MAX_DEPTH} deep",
+                            line_of(start)
+                        ));
+                    }
+                }
+            }
             _ => {}
         }
-        i = skip_action(src, k);
+        i = end;
     }
     match open.last() {
-        Some((word, start)) => Err(format!(
+        Some((word, start, _)) => Err(format!(
             "line {}: unexpected EOF: {{{{{word}}}}} has no {{{{end}}}}",
             line_of(*start)
         )),
@@ -126,6 +153,12 @@ pub(crate) fn check_block_balance(src: &str) -> Result<(), String> {
 /// level (26 nested ranges take minutes); real routing templates nest two or three deep.
 pub(crate) const MAX_NESTING: usize = 10;
 
+/// Deepest recursion of gotmpl's parser: nested blocks plus the links of `else if` chains.
+pub(crate) const MAX_DEPTH: usize = 64;
+
+/// Function names gotmpl's escaper registers for itself.
+const RESERVED: [&str; 2] = ["_html_template_", "_eval_args_"];
+
 /// Most `{{template}}` invocations one execution may make, counting the templates they
 /// invoke in turn (a `{{range}}` around a call multiplies it, within the range budget).
 pub(crate) const MAX_TEMPLATE_CALLS: usize = 100;
@@ -135,7 +168,7 @@ pub(crate) const MAX_TEMPLATE_CALLS: usize = 100;
 /// itself twice runs 2^200. So the `{{template}}` and `{{block}}` calls are read before
 /// parsing, and a template that calls itself (directly or through others) or expands to
 /// more than [`MAX_TEMPLATE_CALLS`] invocations is refused.
-pub(crate) fn check_template_calls(src: &str) -> Result<(), String> {
+pub(crate) fn check_template_calls(src: &str, own_name: &str) -> Result<(), String> {
     // Calls made by the main body ("") and by each `{{define}}`d template.
     let mut calls: BTreeMap<String, Vec<String>> = BTreeMap::new();
     // Open blocks; `Some(name)` for a define (or block) whose body is `name`.
@@ -166,7 +199,18 @@ pub(crate) fn check_template_calls(src: &str) -> Result<(), String> {
             .next()
             .cloned()
             .unwrap_or_default();
-        let named = || quoted_name(&src[k + word.len()..]);
+        // The template itself answers to its own name too.
+        let named = || {
+            quoted_name(&src[k + word.len()..])
+                .map(|n| if n == own_name { String::new() } else { n })
+        };
+        if matches!(word, "define" | "block" | "template")
+            && src[k..skip_action(src, k)].contains('\\')
+        {
+            return Err(
+                "template names with escapes are not supported; write them plainly".to_string(),
+            );
+        }
         match word {
             "define" => open.push(Some(named().unwrap_or_default())),
             "block" => {
@@ -218,6 +262,11 @@ fn expand(
                 .map(|p| format!("{p:?}"))
                 .collect::<Vec<_>>()
                 .join(" -> ")
+        ));
+    }
+    if path.len() > MAX_TEMPLATE_CALLS {
+        return Err(format!(
+            "templates invoke each other more than {MAX_TEMPLATE_CALLS} deep"
         ));
     }
     path.push(name.to_string());
@@ -282,6 +331,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn escaper_functions_and_long_else_if_chains_are_refused() {
+        let direct = r#"{{$y := "x"}}{{range 64}}{{$y = _eval_args_ $y $y}}{{end}}"#;
+        assert!(check_block_balance(direct)
+            .unwrap_err()
+            .contains("reserved"));
+        let escaper = r#"{{_html_template_htmlescaper "<"}}"#;
+        assert!(check_block_balance(escaper)
+            .unwrap_err()
+            .contains("reserved"));
+        let chain = |n: usize| format!("{{{{if 1}}}}{}{{{{end}}}}", "{{else if 1}}".repeat(n));
+        assert_eq!(check_block_balance(&chain(20)), Ok(()));
+        assert!(check_block_balance(&chain(20_000))
+            .unwrap_err()
+            .contains("more than 64 deep"));
+    }
+
+    #[test]
     fn nesting_is_bounded() {
         let nested = |n: usize| format!("{}x{}", "{{range .}}".repeat(n), "{{end}}".repeat(n));
         assert_eq!(check_block_balance(&nested(MAX_NESTING)), Ok(()));
@@ -294,9 +360,28 @@ mod tests {
     #[test]
     fn template_calls_are_bounded_and_never_recursive() {
         let ok = r#"{{define "route"}}r{{end}}{{template "route" .}}{{template "route" .}}{{block "b" .}}x{{end}}"#;
-        assert_eq!(check_template_calls(ok), Ok(()));
+        assert_eq!(check_template_calls(ok, "t"), Ok(()));
+        // Through its own name, or a name written with escapes, it is still recursion.
+        let by_own_name = r#"{{if .}}{{template "t" .}}{{template "t" .}}{{end}}"#;
+        assert!(check_template_calls(by_own_name, "t")
+            .unwrap_err()
+            .contains("invokes itself"));
+        let escaped = r#"{{define "r\x65c"}}{{template "rec" .}}{{end}}{{template "rec" .}}"#;
+        assert!(check_template_calls(escaped, "t")
+            .unwrap_err()
+            .contains("escapes"));
+        // A long chain of defines is refused before walking it to the bottom.
+        let mut chain = String::new();
+        for i in 0..5000 {
+            chain.push_str(&format!(
+                "{{{{define \"d{i}\"}}}}{{{{template \"d{}\" .}}}}{{{{end}}}}",
+                i + 1
+            ));
+        }
+        chain.push_str(r#"{{template "d0" .}}"#);
+        assert!(check_template_calls(&chain, "t").is_err());
         let recursive = r#"{{define "a"}}{{template "b" .}}{{end}}{{define "b"}}{{if .}}{{template "a" .}}{{end}}{{end}}{{template "a" .}}"#;
-        let err = check_template_calls(recursive).unwrap_err();
+        let err = check_template_calls(recursive, "t").unwrap_err();
         assert!(
             err.contains("\"a\" invokes itself (through \"a\" -> \"b\")"),
             "{err}"
@@ -310,7 +395,7 @@ mod tests {
             ));
         }
         wide.push_str(r#"{{define "t8"}}x{{end}}{{template "t0" .}}"#);
-        let err = check_template_calls(&wide).unwrap_err();
+        let err = check_template_calls(&wide, "t").unwrap_err();
         assert!(err.contains("more than the limit of 100"), "{err}");
     }
 

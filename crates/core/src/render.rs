@@ -202,7 +202,7 @@ fn render_template(name: &str, source: &str, data: &TValue) -> Result<Option<Val
         template: name.to_string(),
         message,
     })?;
-    check_template_calls(source).map_err(|message| RenderError::Parse {
+    check_template_calls(source, name).map_err(|message| RenderError::Parse {
         template: name.to_string(),
         message,
     })?;
@@ -275,13 +275,13 @@ impl fmt::Write for LimitedWriter {
 }
 
 /// Decodes rendered text as one YAML mapping; empty or content-free output is `None`.
-/// Output that expands past [`crate::yaml::Limits::DEFAULT`] (aliases, nesting) is invalid:
+/// Output that expands past [`crate::yaml::Limits::RENDERED`] (aliases, nesting) is invalid:
 /// decoding stops there instead of filling memory.
 pub fn decode_output(template: &str, text: &str) -> Result<Option<Value>, RenderError> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    let limits = crate::yaml::Limits::DEFAULT;
+    let limits = crate::yaml::Limits::RENDERED;
     let value =
         crate::yaml::from_str_bounded(text, limits).map_err(|e| RenderError::InvalidYaml {
             template: template.to_string(),

@@ -12,6 +12,11 @@ use crate::yaml::{self, Limits};
 /// ConfigMap data key holding the routemap YAML.
 pub const STR_SPEC_KEY: &str = "strSpec";
 
+/// Most routing templates in one routemap. The release chart renders one; every template is
+/// rendered at each reconcile, so this bounds a routemap's work and memory together with the
+/// per-template limits.
+pub const MAX_TEMPLATES: usize = 64;
+
 /// Largest accepted routing template, in bytes. Far above any real template; it bounds the
 /// work a single routemap can make the controller do.
 pub const MAX_TEMPLATE_BYTES: usize = 256 * 1024;
@@ -71,6 +76,14 @@ pub enum RoutemapError {
     TemplateWithoutType {
         /// Template name.
         name: String,
+    },
+    /// More routing templates than [`MAX_TEMPLATES`].
+    #[error("routemap has {count} routing templates, more than the limit of {limit}")]
+    TooManyTemplates {
+        /// How many it has.
+        count: usize,
+        /// The limit.
+        limit: usize,
     },
     /// A routing template exceeds [`MAX_TEMPLATE_BYTES`].
     #[error("routing template {name} is {size} bytes, more than the limit of {limit} bytes")]
@@ -219,6 +232,12 @@ pub fn parse(
                 }
             }
         }
+    }
+    if routemap.routing_templates.len() > MAX_TEMPLATES {
+        return Err(RoutemapError::TooManyTemplates {
+            count: routemap.routing_templates.len(),
+            limit: MAX_TEMPLATES,
+        });
     }
     for (name, template) in &routemap.routing_templates {
         if template.gvr_short.is_empty() {

@@ -66,6 +66,16 @@ pub struct Limits {
 
 impl Limits {
     /// The limits used for routemaps and rendered routing objects; see [`Limits`].
+    /// For one rendered routing object: a real one is a few hundred nodes. Low enough that a
+    /// routemap's [`crate::routemap::MAX_TEMPLATES`] outputs together stay small.
+    pub const RENDERED: Limits = Limits {
+        max_nodes: 20_000,
+        max_string_bytes: 1024 * 1024,
+        max_depth: 64,
+        max_brackets: 20_000,
+        max_column: 2048,
+    };
+
     pub const DEFAULT: Limits = Limits {
         max_nodes: 200_000,
         max_string_bytes: 8 * 1024 * 1024,
@@ -569,8 +579,8 @@ mod tests {
         assert_eq!(err.category(), "rendered_yaml");
         assert_eq!(
             err.to_string(),
-            "routing template t rendered invalid yaml: yaml expands to more than 200000 nodes \
-             (aliases?) at line 1 column 2396"
+            "routing template t rendered invalid yaml: yaml expands to more than 20000 nodes \
+             (aliases?) at line 1 column 2936"
         );
     }
 

@@ -110,18 +110,22 @@ impl Applier {
         Ok(kind)
     }
 
-    /// Records how a request went, for `/readyz`: only an unreachable or throttling API server
-    /// counts (a 500 can be a user's object the API server could not convert).
+    /// Records how a request that was made went, for `/readyz`: an unreachable or throttling
+    /// API server fails it; any other answer shows the API server is there (a 500 can be a
+    /// user's object it could not convert).
     fn observe<T>(&self, result: Result<T, Error>) -> Result<T, Error> {
         match &result {
-            Ok(_) => self.health.api_ok(),
+            Ok(_) | Err(Error::Api { .. }) => {}
+            Err(_) => return result,
+        }
+        match &result {
             Err(
                 e @ Error::Api {
                     failure: ApiFailure::Transport | ApiFailure::TooManyRequests,
                     ..
                 },
             ) => self.health.api_failed(e.to_string()),
-            Err(_) => {}
+            _ => self.health.api_ok(),
         }
         result
     }
@@ -136,8 +140,11 @@ impl Applier {
         desired: &Desired,
         live: Option<&RoutingObject>,
     ) -> Result<Applied, Error> {
-        let result = self.apply_once(routemap, uid, desired, live).await;
-        self.observe(result)
+        match self.apply_once(routemap, uid, desired, live).await {
+            // No request was made.
+            Ok(Applied::Unchanged) => Ok(Applied::Unchanged),
+            result => self.observe(result),
+        }
     }
 
     async fn apply_once(
@@ -221,6 +228,9 @@ impl Applier {
     /// Deletes a routing object the controller wrote, and only that incarnation of it (a uid
     /// precondition). Already gone counts as deleted.
     pub async fn delete(&self, key: &ObjectKey, seen: &RoutingObject) -> Result<Deleted, Error> {
+        if !seen.ours {
+            return Ok(Deleted::NotOurs);
+        }
         let result = self.delete_once(key, seen).await;
         self.observe(result)
     }
@@ -312,8 +322,12 @@ impl Applier {
             tracing::warn!(routemap = %routemap, reason = note.reason, "{}", note.text);
         }
         self.check_leader()?;
-        let published = self.events.publish(routemap, uid, subject, note).await;
-        if self.observe(published)? {
+        let published = match self.events.publish(routemap, uid, subject, note).await {
+            // Not news: no request was made.
+            Ok(false) => Ok(false),
+            result => self.observe(result),
+        };
+        if published? {
             self.count_event(note.severity, 1);
         }
         Ok(())

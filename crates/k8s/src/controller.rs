@@ -594,6 +594,11 @@ impl Controller {
             mut retry,
         } = plan;
         let mut all_applied = true;
+        // A claim lasts while the routemap renders the object.
+        {
+            let targets: Vec<&ObjectKey> = apply.iter().map(|d| &d.target).collect();
+            self.lock_state().keep_claims(key, &targets);
+        }
         for desired in &apply {
             let subject = template_subject(&desired.template);
             let target = &desired.target;

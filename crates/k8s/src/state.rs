@@ -126,13 +126,14 @@ impl RoutingObject {
     }
 }
 
-/// The ConfigMap ownerReference of a routing object: the routemap that owns it.
+/// The ConfigMap ownerReference of a routing object: the routemap that owns it. The kind is
+/// compared without case: Iter8 v1.1 wrote `kind: configmap`.
 pub fn routemap_owner(
     obj: &DynamicObject,
 ) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
     obj.owner_references()
         .iter()
-        .find(|r| r.kind == "ConfigMap" && r.api_version == "v1")
+        .find(|r| r.kind.eq_ignore_ascii_case("ConfigMap") && r.api_version == "v1")
 }
 
 /// Everything the watches have seen.
@@ -274,6 +275,12 @@ impl State {
         self.unindex(key);
         self.claims.retain(|_, owner| owner != key);
         self.routemaps.remove(key)
+    }
+
+    /// Releases the claims of `routemap` on objects it no longer renders.
+    pub fn keep_claims(&mut self, routemap: &RoutemapKey, targets: &[&ObjectKey]) {
+        self.claims
+            .retain(|k, owner| owner != routemap || targets.contains(&k));
     }
 
     /// Claims routing object `target` for `routemap`, unless another routemap owns or claims

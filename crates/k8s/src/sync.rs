@@ -59,8 +59,8 @@ impl WatchState {
 /// (writes, lists) currently fail, for `/readyz`.
 pub struct SyncTracker {
     tx: watch::Sender<BTreeMap<WatchId, WatchState>>,
-    /// The last request that failed for a reason retrying can fix (unreachable, 5xx, 429),
-    /// and when; cleared by any later success.
+    /// The last request that failed because the API server was unreachable or throttling,
+    /// and when; cleared by any later answer.
     api_failure: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 

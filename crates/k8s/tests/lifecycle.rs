@@ -671,3 +671,45 @@ async fn two_routemaps_rendering_one_object_keep_a_stable_winner() {
     assert!(env.vs("wisdom").await.is_some());
     assert_eq!(ctl.controller.metrics().deletes.get(), 0);
 }
+
+#[tokio::test]
+async fn routing_objects_the_original_iter8_wrote_are_adopted() {
+    let env = Env::new("migration").await;
+    // The routemap first, as Iter8 v1.1 left it, and the VirtualService its controller wrote:
+    // owned by the routemap with `kind: configmap` (lower case, as v1.1 wrote it), no routing
+    // label, no hash annotation.
+    let cm = env.step1().await;
+    let original = json!({
+        "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+        "metadata": {"name": "wisdom", "namespace": env.ns,
+            "ownerReferences": [{"apiVersion": "v1", "kind": "configmap", "name": ROUTEMAP,
+                                 "uid": cm.uid().unwrap()}]},
+        "spec": {"hosts": ["old.example.com"]},
+    });
+    Api::<DynamicObject>::namespaced_with(env.client.clone(), &env.ns, &vs_ar())
+        .patch(
+            "wisdom",
+            &PatchParams::apply("iter8"),
+            &Patch::Apply(&original),
+        )
+        .await
+        .unwrap();
+    let ctl =
+        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let adopted = wait_vs(
+        &env.client,
+        &env.ns,
+        "wisdom",
+        "the VirtualService adopted",
+        |vs| vs.labels().get("iter8.tools/routing").map(String::as_str) == Some("true"),
+    )
+    .await;
+    assert_eq!(adopted.data["spec"], expected_vs_spec(&env.ns, 1));
+    ctl.settled().await;
+    let refused: Vec<String> = warnings(&env.client, &env.ns, ROUTEMAP)
+        .await
+        .into_iter()
+        .filter(|w| w.starts_with("RefusedObject"))
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+}
