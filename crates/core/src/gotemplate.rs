@@ -77,26 +77,13 @@ pub(crate) fn check_block_balance(src: &str) -> Result<(), String> {
     let mut open: Vec<(&str, usize, usize)> = Vec::new();
     let depth =
         |open: &[(&str, usize, usize)]| open.iter().map(|(_, _, links)| 1 + links).sum::<usize>();
-    let mut i = 0;
-    while let Some(offset) = src[i..].find("{{") {
-        let start = i + offset;
-        let mut j = start + 2;
-        if src[j..].starts_with('-') && src[j + 1..].starts_with([' ', '\t', '\r', '\n']) {
-            j += 2;
-        }
-        let k = j + whitespace_len(&src[j..]);
-        if src[k..].starts_with("/*") {
-            let Some(end) = src[k + 2..].find("*/") else {
-                return Ok(()); // unclosed comment: the parser reports it
-            };
-            i = k + 2 + end + 2;
-            continue;
-        }
-        let word = src[k..]
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .next()
-            .unwrap_or_default();
-        let end = skip_action(src, k);
+    for Action {
+        start,
+        body: k,
+        word,
+        end,
+    } in actions(src)
+    {
         // The escaper's own functions are in gotmpl's function map once a template is escaped;
         // called directly they would build text past the work budget (Go refuses them too).
         if let Some(name) = RESERVED.iter().find(|r| src[k..end].contains(**r)) {
@@ -137,7 +124,6 @@ pub(crate) fn check_block_balance(src: &str) -> Result<(), String> {
             }
             _ => {}
         }
-        i = end;
     }
     match open.last() {
         Some((word, start, _)) => Err(format!(
@@ -173,25 +159,10 @@ pub(crate) fn check_template_calls(src: &str, own_name: &str) -> Result<(), Stri
     let mut calls: BTreeMap<String, Vec<String>> = BTreeMap::new();
     // Open blocks; `Some(name)` for a define (or block) whose body is `name`.
     let mut open: Vec<Option<String>> = Vec::new();
-    let mut i = 0;
-    while let Some(offset) = src[i..].find("{{") {
-        let start = i + offset;
-        let mut j = start + 2;
-        if src[j..].starts_with('-') && src[j + 1..].starts_with([' ', '\t', '\r', '\n']) {
-            j += 2;
-        }
-        let k = j + whitespace_len(&src[j..]);
-        if src[k..].starts_with("/*") {
-            let Some(end) = src[k + 2..].find("*/") else {
-                return Ok(());
-            };
-            i = k + 2 + end + 2;
-            continue;
-        }
-        let word = src[k..]
-            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .next()
-            .unwrap_or_default();
+    for Action {
+        body: k, word, end, ..
+    } in actions(src)
+    {
         let scope = open
             .iter()
             .rev()
@@ -204,9 +175,7 @@ pub(crate) fn check_template_calls(src: &str, own_name: &str) -> Result<(), Stri
             quoted_name(&src[k + word.len()..])
                 .map(|n| if n == own_name { String::new() } else { n })
         };
-        if matches!(word, "define" | "block" | "template")
-            && src[k..skip_action(src, k)].contains('\\')
-        {
+        if matches!(word, "define" | "block" | "template") && src[k..end].contains('\\') {
             return Err(
                 "template names with escapes are not supported; write them plainly".to_string(),
             );
@@ -229,7 +198,6 @@ pub(crate) fn check_template_calls(src: &str, own_name: &str) -> Result<(), Stri
             }
             _ => {}
         }
-        i = skip_action(src, k);
     }
     let mut expansions: BTreeMap<String, usize> = BTreeMap::new();
     let mut path: Vec<String> = Vec::new();
@@ -290,6 +258,49 @@ fn quoted_name(rest: &str) -> Option<String> {
     let body = &rest[1..];
     let end = body.find(quote)?;
     Some(body[..end].to_string())
+}
+
+/// One `{{ ... }}` action of a template's source.
+struct Action<'a> {
+    /// Where `{{` is.
+    start: usize,
+    /// Where its body starts, after `{{`, a trim marker and spaces.
+    body: usize,
+    /// Its first word (`if`, `end`, `template`, ...; empty for `$x := ...` or `.Name`).
+    word: &'a str,
+    /// Just after its `}}`.
+    end: usize,
+}
+
+/// The actions of `src` in order, comments left out; stops at an unclosed comment, which the
+/// parser reports.
+fn actions(src: &str) -> impl Iterator<Item = Action<'_>> {
+    let mut i = 0;
+    std::iter::from_fn(move || loop {
+        let start = i + src[i..].find("{{")?;
+        let mut j = start + 2;
+        if src[j..].starts_with('-') && src[j + 1..].starts_with([' ', '\t', '\r', '\n']) {
+            j += 2;
+        }
+        let body = j + whitespace_len(&src[j..]);
+        if src[body..].starts_with("/*") {
+            let end = src[body + 2..].find("*/")?;
+            i = body + 2 + end + 2;
+            continue;
+        }
+        let word = src[body..]
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or_default();
+        let end = skip_action(src, body);
+        i = end;
+        return Some(Action {
+            start,
+            body,
+            word,
+            end,
+        });
+    })
 }
 
 fn whitespace_len(s: &str) -> usize {

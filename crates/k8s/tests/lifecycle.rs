@@ -46,6 +46,29 @@ impl Env {
         .await
     }
 
+    /// A controller for this namespace that always leads.
+    async fn controller(&self) -> Running {
+        start_controller_as(
+            self.client.clone(),
+            &self.ns,
+            config(),
+            Leadership::always(),
+        )
+        .await
+    }
+
+    /// VirtualService `wisdom`, once it exists.
+    async fn wisdom(&self) -> DynamicObject {
+        wait_vs(
+            &self.client,
+            &self.ns,
+            "wisdom",
+            "the VirtualService",
+            |_| true,
+        )
+        .await
+    }
+
     async fn vs(&self, name: &str) -> Option<DynamicObject> {
         get_vs(&self.client, &self.ns, name).await
     }
@@ -89,13 +112,9 @@ fn two_templates(ns: &str) -> String {
 #[tokio::test]
 async fn an_unaccepted_version_label_keeps_the_routing_and_says_why() {
     let env = Env::new("version-label").await;
-    let ctl =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let ctl = env.controller().await;
     env.step1().await;
-    let before = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
-        true
-    })
-    .await;
+    let before = env.wisdom().await;
 
     env.patch_routemap(json!({"metadata": {"labels": {"iter8.tools/version": "v9"}}}))
         .await;
@@ -123,13 +142,9 @@ async fn an_unaccepted_version_label_keeps_the_routing_and_says_why() {
 #[tokio::test]
 async fn a_routemap_that_loses_its_kind_label_keeps_its_routing() {
     let env = Env::new("kind-label").await;
-    let ctl =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let ctl = env.controller().await;
     env.step1().await;
-    let before = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
-        true
-    })
-    .await;
+    let before = env.wisdom().await;
 
     env.patch_routemap(json!({"metadata": {"labels": {"iter8.tools/kind": null}}}))
         .await;
@@ -157,13 +172,9 @@ async fn a_routemap_that_loses_its_kind_label_keeps_its_routing() {
 #[tokio::test]
 async fn an_invalid_str_spec_keeps_the_routing() {
     let env = Env::new("invalid-spec").await;
-    let ctl =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let ctl = env.controller().await;
     env.step1().await;
-    let before = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
-        true
-    })
-    .await;
+    let before = env.wisdom().await;
     env.patch_routemap(json!({"data": {"strSpec": "versions: [unclosed"}}))
         .await;
     let w = env.warning(&["InvalidRoutemap", "strSpec"]).await;
@@ -177,13 +188,9 @@ async fn an_invalid_str_spec_keeps_the_routing() {
 #[tokio::test]
 async fn deleting_a_routemap_deletes_its_routing_without_the_garbage_collector() {
     let env = Env::new("delete").await;
-    let ctl =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let ctl = env.controller().await;
     env.step1().await;
-    wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
-        true
-    })
-    .await;
+    env.wisdom().await;
     env.delete_routemap().await;
     env.wait_gone("wisdom").await;
     assert_eq!(ctl.controller.metrics().deletes.get(), 1);
@@ -192,8 +199,7 @@ async fn deleting_a_routemap_deletes_its_routing_without_the_garbage_collector()
 #[tokio::test]
 async fn routing_objects_no_template_renders_any_more_are_deleted() {
     let env = Env::new("prune").await;
-    let ctl =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let ctl = env.controller().await;
     env.step1().await;
     env.patch_routemap(json!({"data": {"strSpec": two_templates(&env.ns)}}))
         .await;
@@ -243,19 +249,14 @@ async fn routing_objects_no_template_renders_any_more_are_deleted() {
 #[tokio::test]
 async fn routing_of_a_routemap_deleted_while_no_controller_ran_is_deleted_at_start() {
     let env = Env::new("orphan").await;
-    let first =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let first = env.controller().await;
     env.step1().await;
-    wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
-        true
-    })
-    .await;
+    env.wisdom().await;
     first.settled().await;
     drop(first);
 
     env.delete_routemap().await;
-    let second =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let second = env.controller().await;
     env.wait_gone("wisdom").await;
     assert_eq!(second.controller.metrics().deletes.get(), 1);
 }
@@ -282,14 +283,10 @@ async fn foreign_vs(env: &Env, name: &str, owner_uid: &str) {
 #[tokio::test]
 async fn objects_the_controller_did_not_write_are_never_deleted() {
     let env = Env::new("foreign").await;
-    let ctl =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let ctl = env.controller().await;
     let cm = env.step1().await;
     let uid = cm.uid().unwrap();
-    wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
-        true
-    })
-    .await;
+    env.wisdom().await;
     foreign_vs(&env, "foreign", &uid).await;
 
     // Pruning (strategy none) deletes ours, not theirs.
@@ -316,8 +313,7 @@ async fn objects_the_controller_did_not_write_are_never_deleted() {
     env.wait_gone("wisdom").await;
     ctl.settled().await;
     drop(ctl);
-    let again =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let again = env.controller().await;
     again.controller.enqueue_all();
     again
         .wait_metric("the orphan sweep to run", |m| m.reconciles.get() >= 1)
@@ -399,10 +395,7 @@ async fn a_failed_delete_is_retried_with_backoff() {
     let client = as_service_account(&env, rules(&VS_WITHOUT_DELETE, &["create", "patch"])).await;
     let ctl = start_controller_as(client, &env.ns, config(), Leadership::always()).await;
     env.step1().await;
-    wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
-        true
-    })
-    .await;
+    env.wisdom().await;
 
     env.delete_routemap().await;
     ctl.wait_metric("a forbidden delete", |m| m.errors_with("delete") >= 1)
@@ -446,10 +439,7 @@ async fn news_that_failed_to_publish_goes_out_at_the_next_reconcile() {
     let client = as_service_account(&env, rules(&VS_WITHOUT_DELETE, &["get"])).await;
     let ctl = start_controller_as(client, &env.ns, config(), Leadership::always()).await;
     env.step1().await;
-    wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
-        true
-    })
-    .await;
+    env.wisdom().await;
     ctl.wait_metric("a forbidden Event", |m| m.errors_with("event") >= 1)
         .await;
     set_role(&env, rules(&VS_WITHOUT_DELETE, &["create", "patch"])).await;
@@ -471,13 +461,9 @@ async fn news_that_failed_to_publish_goes_out_at_the_next_reconcile() {
 #[tokio::test]
 async fn a_standby_keeps_every_store_warm_and_takes_over_without_writing() {
     let env = Env::new("standby").await;
-    let leader =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let leader = env.controller().await;
     env.step1().await;
-    let vs = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
-        true
-    })
-    .await;
+    let vs = env.wisdom().await;
     leader.settled().await;
 
     let standby_lease = Leadership::standby();
@@ -515,13 +501,9 @@ async fn a_standby_keeps_every_store_warm_and_takes_over_without_writing() {
 #[tokio::test]
 async fn a_refused_apply_keeps_the_object_it_would_have_replaced() {
     let env = Env::new("refused-rename").await;
-    let ctl =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let ctl = env.controller().await;
     env.step1().await;
-    let before = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
-        true
-    })
-    .await;
+    let before = env.wisdom().await;
     // The template now renders another object, which the API server refuses (hosts must be
     // a list): the old object must keep serving.
     let renamed = "routingTemplates:\n  renamed:\n    gvrShort: vs\n    template: |\n      apiVersion: networking.istio.io/v1beta1\n      kind: VirtualService\n      metadata:\n        name: wisdom-new\n      spec:\n        hosts: 5\n";
@@ -545,13 +527,9 @@ async fn a_refused_apply_keeps_the_object_it_would_have_replaced() {
 #[tokio::test]
 async fn a_type_the_controller_may_not_read_holds_the_routemaps_that_read_it() {
     let env = Env::new("forbidden-type").await;
-    let first =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let first = env.controller().await;
     env.step1().await;
-    let before = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
-        true
-    })
-    .await;
+    let before = env.wisdom().await;
     first.settled().await;
     drop(first);
 
@@ -594,8 +572,7 @@ async fn a_type_the_controller_may_not_read_holds_the_routemaps_that_read_it() {
 #[tokio::test]
 async fn an_existing_object_the_controller_did_not_write_is_not_taken_over() {
     let env = Env::new("not-ours").await;
-    let _ctl =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let _ctl = env.controller().await;
     let theirs = json!({
         "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
         "metadata": {"name": "wisdom", "namespace": env.ns},
@@ -626,13 +603,9 @@ async fn an_existing_object_the_controller_did_not_write_is_not_taken_over() {
 #[tokio::test]
 async fn two_routemaps_rendering_one_object_keep_a_stable_winner() {
     let env = Env::new("two-owners").await;
-    let ctl =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let ctl = env.controller().await;
     env.step1().await;
-    let first = wait_vs(&env.client, &env.ns, "wisdom", "the VirtualService", |_| {
-        true
-    })
-    .await;
+    let first = env.wisdom().await;
     // A second routemap renders the same VirtualService.
     apply_routemap(
         &env.client,
@@ -694,8 +667,7 @@ async fn routing_objects_the_original_iter8_wrote_are_adopted() {
         )
         .await
         .unwrap();
-    let ctl =
-        start_controller_as(env.client.clone(), &env.ns, config(), Leadership::always()).await;
+    let ctl = env.controller().await;
     let adopted = wait_vs(
         &env.client,
         &env.ns,
