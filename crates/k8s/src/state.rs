@@ -147,6 +147,9 @@ pub struct State {
     references: HashMap<RoutemapKey, Vec<ObjectKey>>,
     /// Live routing objects, by their own key.
     routing: HashMap<ObjectKey, RoutingObject>,
+    /// The newest resourceVersion seen of each routing object (from our own writes or the
+    /// watch), so a late watch event cannot replace what a write just returned.
+    routing_versions: HashMap<ObjectKey, u64>,
     /// Which routemap is writing each routing object, so two routemaps rendering the same
     /// object in concurrent workers cannot both take it: the first keeps it.
     claims: HashMap<ObjectKey, RoutemapKey>,
@@ -358,6 +361,18 @@ impl State {
 
     /// Records a live routing object; returns whether what the controller reads changed.
     pub fn upsert_routing(&mut self, key: ObjectKey, obj: &DynamicObject) -> bool {
+        // resourceVersions are opaque, but etcd's are increasing integers; when both parse, an
+        // older one is a late event about a state already superseded.
+        if let Some(version) = obj.resource_version().and_then(|v| v.parse::<u64>().ok()) {
+            if self
+                .routing_versions
+                .get(&key)
+                .is_some_and(|newest| version < *newest)
+            {
+                return false;
+            }
+            self.routing_versions.insert(key.clone(), version);
+        }
         let seen = RoutingObject::observe(obj);
         if self.routing.get(&key) == Some(&seen) {
             return false;
@@ -369,12 +384,14 @@ impl State {
     /// Forgets a routing object.
     pub fn remove_routing(&mut self, key: &ObjectKey) {
         self.routing.remove(key);
+        self.routing_versions.remove(key);
         self.claims.remove(key);
     }
 
     /// Replaces every routing object of one type (after a watch (re)list).
     pub fn replace_routing(&mut self, gvr: &Gvr, objs: &[(ObjectKey, DynamicObject)]) {
         self.routing.retain(|k, _| &k.gvr != gvr);
+        self.routing_versions.retain(|k, _| &k.gvr != gvr);
         for (k, o) in objs {
             self.upsert_routing(k.clone(), o);
         }

@@ -195,6 +195,28 @@ fn a_routing_object_change_is_news_only_when_what_we_compare_changed() {
 }
 
 #[test]
+fn a_late_watch_event_does_not_replace_a_newer_write() {
+    let mut st = State::default();
+    let k = key("virtualservices", "mine");
+    let at = |rv: &str, host: &str| {
+        let mut o = vs("mine", "a", FIELD_MANAGER);
+        o.metadata.resource_version = Some(rv.into());
+        o.data["spec"]["hosts"] = json!([host]);
+        o
+    };
+    assert!(st.upsert_routing(k.clone(), &at("11", "new")));
+    assert!(
+        !st.upsert_routing(k.clone(), &at("10", "old")),
+        "older than what we hold"
+    );
+    assert_eq!(
+        st.routing(&k).unwrap().value["spec"]["hosts"],
+        json!(["new"])
+    );
+    assert!(st.upsert_routing(k.clone(), &at("12", "newer")));
+}
+
+#[test]
 fn contains_allows_server_defaults_but_not_changes() {
     let desired = json!({"spec": {"http": [{"route": [{"destination": {"host": "a"}}]}]}});
     let live = json!({"spec": {"http": [{"route": [{"destination": {"host": "a"}, "weight": 100}]}]}, "status": {}});
