@@ -313,7 +313,8 @@ sa_kubeconfig=$work/iter8-sa.kubeconfig
 say "$ POD_NAME=iter8-0 POD_NAMESPACE=default iter8 controller --config config.yaml --kubeconfig iter8-sa.kubeconfig --admin-address 127.0.0.1:0 &"
 NO_COLOR=1 POD_NAME=iter8-0 POD_NAMESPACE=default "$ITER8" controller \
   --config "$work/config.yaml" --kubeconfig "$sa_kubeconfig" \
-  --log-level info --admin-address 127.0.0.1:0 >"$work/controller.log" 2>&1 &
+  --log-level info --admin-address 127.0.0.1:0 --abn-address 127.0.0.1:0 --metrics-dir "$work/metrics" \
+  >"$work/controller.log" 2>&1 &
 controller_pid=$!
 # The log line "admin server listening address=127.0.0.1:PORT" (colours stripped) gives the port.
 admin_address() { sed -e 's/\x1b\[[0-9;]*m//g' "$work/controller.log" | sed -n 's/.*admin server listening.*address=\([0-9.:]*\).*/\1/p' | head -n1; }

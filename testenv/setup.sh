@@ -3,7 +3,10 @@
 # kube-controller-manager, kubectl, etcd, helm, the CRD files of KServe, Istio and the
 # Gateway API, and the data plane of the end-to-end tests: istiod (pilot-discovery), stock
 # Envoy and MLServer (a Python venv) with two tiny scikit-learn models trained here, and the
-# original Iter8 release chart (for the chart compatibility test). Everything lands in $ITER8RS_CACHE (default ~/.cache/iter8rs), one folder per
+# original Iter8 release chart (for the chart compatibility test), and the A/B/n service's
+# clients: abn-client (built on the original's generated Go package) and the Python frontend
+# sample (samples/abn-frontend); it also installs redis-server if missing. Everything lands
+# in $ITER8RS_CACHE (default ~/.cache/iter8rs), one folder per
 # component and version; a folder counts only once its build finished (a `.complete` stamp),
 # so an interrupted build is redone, never half-used.
 #
@@ -35,6 +38,22 @@ command -v go >/dev/null || die "Go is required to build the control plane (inst
 ready() { local dir=$1; shift; [ -f "$dir/.complete" ] || return 1; local f; for f in "$@"; do [ -s "$dir/$f" ] || return 1; done; }
 
 missing=()
+# redis-server: the A/B/n metrics store's Redis back end is tested against a real one (started
+# by the tests on a free port). Debian's package; installed here when we may (root, apt-get).
+if ! command -v redis-server >/dev/null; then
+  if [ "$mode" = --check ]; then
+    missing+=("redis-server (Debian package redis-server)")
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "install redis-server (apt-get)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q redis-server >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q redis-server >/dev/null 2>&1; } ||
+      die "apt-get install redis-server failed"
+    command -v redis-server >/dev/null || die "redis-server is still not on PATH after apt-get install"
+  else
+    die "redis-server is required (the A/B/n store tests run it); install it, e.g. apt-get install redis-server"
+  fi
+fi
 # build_component NAME DIR FILES... -- COMMANDS (run with $out as the temporary folder)
 component() {
   local name=$1 dir=$2 files=$3 builder=$4
@@ -136,6 +155,31 @@ build_release_chart() {
   chmod -R u+w,go+r "$out/release"
 }
 
+# abn-client: a client of the A/B/n gRPC service built with the ORIGINAL generated Go package
+# (github.com/iter8-tools/iter8/abn/grpc), from the iter8-original wrapper module. Small, so
+# always built; keyed by its source and the module's pins so that a change rebuilds it.
+build_abn_go_client() { gobuild iter8-original "-s -w" ./abnclient && mv "$out/bin/abnclient" "$out/bin/abn-client"; }
+
+# The A/B/n frontend sample (samples/abn-frontend): a venv with grpcio from the pinned
+# requirements, the stubs generated from our abn.proto into gen/, a copy of frontend.py (so the
+# cached folder is self-contained; its key hashes all three) and the launcher bin/abn-frontend.
+build_abn_py() {
+  local sample="$here/../samples/abn-frontend" proto="$here/../crates/abn/proto"
+  python3 -m venv "$out/venv"
+  "$out/venv/bin/pip" install --disable-pip-version-check --no-input -q -r "$sample/requirements.txt"
+  mkdir -p "$out/gen" "$out/bin"
+  "$out/venv/bin/python3" -m grpc_tools.protoc -I "$proto" --python_out="$out/gen" --grpc_python_out="$out/gen" "$proto/abn.proto"
+  cp "$sample/frontend.py" "$out/frontend.py"
+  # Like mlserver's: the venv's scripts name the temporary folder, its python moves fine.
+  cat >"$out/bin/abn-frontend" <<'SH'
+#!/bin/sh
+here=$(dirname "$(readlink -f "$0")")
+PYTHONPATH="$here/../gen${PYTHONPATH:+:$PYTHONPATH}" exec "$here/../venv/bin/python3" "$here/../frontend.py" "$@"
+SH
+  chmod +x "$out/bin/abn-frontend"
+  "$out/bin/abn-frontend" --help >/dev/null
+}
+
 crds_key="kserve-$KSERVE_VERSION-istio-$ISTIO_API_VERSION-gwapi-$GATEWAY_API_VERSION"
 component kubernetes "$cache/kubernetes-$KUBERNETES_VERSION" "bin/kube-apiserver bin/kube-controller-manager bin/kubectl" build_kube
 component etcd "$cache/etcd-$ETCD_VERSION" "bin/etcd" build_etcd
@@ -147,6 +191,10 @@ component crds "$cache/crds-$crds_key" "serving.kserve.io_inferenceservices.yaml
 # Unconditional (not only --with-original): it is a copy out of one module zip, seconds even
 # cold, and the release chart's compatibility test is part of the plain `cargo test`.
 component iter8-release-chart "$cache/iter8-release-chart-$ITER8_ORIGINAL_VERSION" "release/Chart.yaml release/values.yaml" build_release_chart
+abn_client_key=$(cat "$here"/tools/iter8-original/{abnclient/main.go,go.mod,go.sum} | sha256sum | cut -c1-16)
+component abn-go-client "$cache/abn-go-client-$ITER8_ORIGINAL_VERSION-$abn_client_key" "bin/abn-client" build_abn_go_client
+abn_py_key=$(cat "$here"/../samples/abn-frontend/{requirements.txt,frontend.py} "$here"/../crates/abn/proto/abn.proto | sha256sum | cut -c1-16)
+component abn-py "$cache/abn-py-$abn_py_key" "bin/abn-frontend frontend.py gen/abn_pb2.py gen/abn_pb2_grpc.py venv/bin/python3" build_abn_py
 if [ -n "$with_original" ]; then
   component iter8-original "$cache/iter8-original-$ITER8_ORIGINAL_VERSION" "bin/iter8" build_iter8_original
 fi

@@ -15,6 +15,37 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* Where the configuration file is mounted. */}}
 {{- define "controller.configDir" -}}/config{{- end }}
 {{- define "controller.configFile" -}}{{ include "controller.configDir" . }}/config.yaml{{- end }}
+{{- define "controller.metricsConfigFile" -}}{{ include "controller.configDir" . }}/metrics.yaml{{- end }}
+
+{{/* The metrics store's implementation, checked: embedded (or badgerdb) | redis. */}}
+{{- define "controller.metricsImplementation" -}}
+{{- $impl := .Values.metrics.implementation | default "embedded" -}}
+{{- if not (has $impl (list "embedded" "badgerdb" "redis")) }}{{ fail (printf "metrics.implementation %q is not known: use embedded, badgerdb or redis" $impl) }}{{ end -}}
+{{- if and (ne $impl "redis") (gt (int .Values.replicas) 1) }}{{ fail (printf "metrics.implementation %s keeps A/B/n data in one pod's volume: with replicas %d use metrics.implementation=redis" $impl (int .Values.replicas)) }}{{ end -}}
+{{- if eq $impl "badgerdb" }}embedded{{ else }}{{ $impl }}{{ end -}}
+{{- end }}
+
+{{/* The metrics store's settings file (crates/abn/src/config.rs). */}}
+{{- define "controller.metricsConfig" -}}
+{{- $m := .Values.metrics -}}
+implementation: {{ include "controller.metricsImplementation" . }}
+ttl: {{ $m.ttl | default "24h" }}
+maxUsers: {{ $m.maxUsers | default 1000000 | int64 }}
+maxValues: {{ $m.maxValues | default 10000 | int64 }}
+embedded:
+  dir: {{ $m.badgerdb.dir | default "/metrics" }}
+{{- if eq (include "controller.metricsImplementation" .) "redis" }}
+redis:
+  address: {{ $m.redis.address | quote }}
+  {{- with $m.redis.username }}
+  username: {{ . | quote }}
+  {{- end }}
+  {{- with $m.redis.password }}
+  password: {{ . | quote }}
+  {{- end }}
+  db: {{ $m.redis.db | default 0 | int }}
+{{- end }}
+{{- end }}
 
 {{/*
 The resource types as {short: {Group, Version, Resource, conditions, checkGeneration}}, with

@@ -19,6 +19,8 @@
 //! Resource use comes from `/proc/<pid>` (VmHWM, VmRSS, utime + stime); API cost from the
 //! audit log.
 
+pub mod abn;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -520,7 +522,11 @@ fn start_controller(
                 "controller",
                 "--admin-address",
                 &format!("127.0.0.1:{port}"),
+                "--abn-address",
+                "127.0.0.1:0",
+                "--metrics-dir",
             ])
+            .arg(dir.join("metrics"))
             .env("LOG_LEVEL", "warn");
         }
         Kind::Original => {

@@ -37,6 +37,21 @@ struct Args {
     /// Run order: ours,original (alternating), or original,ours, or one of them.
     #[arg(long, default_value = "ours,original")]
     order: String,
+    /// Benchmark the A/B/n service (Lookup, WriteMetric) instead of routing.
+    #[arg(long)]
+    abn: bool,
+    /// A/B/n: rounds per server (medians reported).
+    #[arg(long, default_value_t = 3)]
+    abn_rounds: usize,
+    /// A/B/n: seconds of load per method and round.
+    #[arg(long, default_value_t = 10)]
+    abn_seconds: u64,
+    /// A/B/n: concurrent client calls.
+    #[arg(long, default_value_t = 8)]
+    abn_concurrency: usize,
+    /// A/B/n: distinct users the load cycles through.
+    #[arg(long, default_value_t = 10000)]
+    abn_users: usize,
 }
 
 #[tokio::main]
@@ -58,6 +73,30 @@ async fn main() -> Result<()> {
     // The controllers run in folders of their own: absolute paths.
     let ours = std::fs::canonicalize(&ours)?;
     let original = std::fs::canonicalize(&original)?;
+    if args.abn {
+        let settings = bench::abn::AbnSettings {
+            ours,
+            original,
+            client: testenv::tools::abn_go_client()?,
+            rounds: args.abn_rounds,
+            duration: Duration::from_secs(args.abn_seconds),
+            concurrency: args.abn_concurrency,
+            users: args.abn_users,
+        };
+        eprintln!("starting the control plane ...");
+        let cp = testenv::ControlPlane::start(testenv::Options::default()).await?;
+        let report = bench::abn::run(&cp, &settings).await?;
+        println!(
+            "### A/B/n service: {} concurrent calls, {} users, {} s per run, {} rounds\n",
+            settings.concurrency,
+            settings.users,
+            settings.duration.as_secs(),
+            settings.rounds
+        );
+        println!("Machine: {}\n", bench::machine());
+        println!("{}", bench::abn::markdown(&report));
+        return Ok(());
+    }
     let mut order = Vec::new();
     for k in args.order.split(',') {
         order.push(match k.trim() {

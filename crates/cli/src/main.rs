@@ -1,6 +1,7 @@
 //! The `iter8` binary: `iter8 controller` runs the routing controller; `iter8 render` shows
 //! offline what it would apply for a routemap and a set of objects.
 
+mod abn;
 mod admin;
 mod render_cmd;
 
@@ -41,7 +42,7 @@ enum LogFormat {
 enum Command {
     /// Run the routing controller.
     #[command(alias = "controllers")]
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Print the routing objects the controller would apply, without a cluster.
     Render(render_cmd::RenderArgs),
 }
@@ -78,6 +79,19 @@ struct ControllerArgs {
     /// How often the leader renews the lease, e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     lease_renew_every: Duration,
+    /// Address of the A/B/n gRPC server (Lookup, WriteMetric).
+    #[arg(long, default_value = "0.0.0.0:50051")]
+    abn_address: String,
+    /// Seed of the A/B/n assignment hash; replicas and SDKs that compute assignments must
+    /// share it. Changing it reshuffles every user.
+    #[arg(long, default_value_t = 0)]
+    abn_seed: u64,
+    /// Metrics store settings (`metrics.yaml`: implementation embedded|badgerdb|redis, ttl, ...).
+    #[arg(long, env = "METRICS_CONFIG_FILE")]
+    metrics_config: Option<PathBuf>,
+    /// Directory of the embedded metrics store when the settings name none.
+    #[arg(long, default_value = "/metrics")]
+    metrics_dir: PathBuf,
     /// Longest time to finish the work in flight after SIGTERM before exiting anyway.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
@@ -122,7 +136,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_format)?;
     match cli.command {
-        Command::Controller(args) => run_controller(args).await,
+        Command::Controller(args) => run_controller(*args).await,
         Command::Render(args) => render_cmd::run(args),
     }
 }
@@ -176,6 +190,7 @@ async fn run_controller(args: ControllerArgs) -> Result<()> {
     if config.add_finalizer {
         tracing::warn!("addFinalizer is not supported and is ignored: deletions never wait for this controller");
     }
+    let store_config = abn::store_config(args.metrics_config.as_ref(), &args.metrics_dir)?;
     let client = client(args.kubeconfig.as_ref()).await?;
     tracing::info!(
         cluster_scoped = config.cluster_scoped,
@@ -197,7 +212,9 @@ async fn run_controller(args: ControllerArgs) -> Result<()> {
         },
         leadership.clone(),
     );
-    let admin = admin::serve(&args.admin_address, controller.clone()).await?;
+    let abn = abn::service(controller.clone(), &store_config, args.abn_seed).await;
+    let abn_server = abn::serve(&args.abn_address, abn.service.clone()).await?;
+    let admin = admin::serve(&args.admin_address, controller.clone(), Arc::new(abn)).await?;
     let stop_controller = Arc::new(Notify::new());
     let run = tokio::spawn(controller.clone().run(stop_controller.clone()));
 
@@ -251,6 +268,7 @@ async fn run_controller(args: ControllerArgs) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), election).await;
     }
     admin.abort();
+    abn_server.abort();
     tracing::info!("stopped");
     Ok(())
 }

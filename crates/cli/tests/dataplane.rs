@@ -69,6 +69,8 @@ impl Iter8 {
             .arg(kubeconfig)
             .args(["--namespace", ns])
             .args(["--admin-address", &format!("127.0.0.1:{admin}")])
+            .args(["--abn-address", "127.0.0.1:0", "--metrics-dir"])
+            .arg(log_dir.join(format!("iter8-{ns}-metrics")))
             .env("POD_NAME", format!("iter8-{ns}"))
             .env_remove("CONFIG_FILE")
             .stdout(log.try_clone().unwrap())

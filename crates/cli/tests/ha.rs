@@ -64,7 +64,11 @@ impl Iter8 {
                 ns,
                 "--admin-address",
                 &format!("127.0.0.1:{admin}"),
+                "--abn-address",
+                "127.0.0.1:0",
+                "--metrics-dir",
             ])
+            .arg(log_dir.join(format!("{name}-metrics")))
             .args(["--lease-duration", lease.0, "--lease-renew-every", lease.1])
             .args(extra)
             .env("POD_NAME", name)

@@ -10,7 +10,12 @@ use std::process::{Command, Stdio};
 fn controller(duration: &str, renew_every: &str) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_iter8"))
         .args(["controller", "--kubeconfig", "/nonexistent/kubeconfig"])
-        .args(["--admin-address", "127.0.0.1:0"])
+        .args([
+            "--admin-address",
+            "127.0.0.1:0",
+            "--abn-address",
+            "127.0.0.1:0",
+        ])
         .args([
             "--lease-duration",
             duration,

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use iter8_core::availability::Weighing;
 use iter8_core::config::Config;
 use iter8_core::render::RoutemapMeta;
 use iter8_core::routemap::{self, RoutemapError, STR_SPEC_KEY};
@@ -99,6 +100,17 @@ impl Controller {
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The versions of routemap `namespace/name` weighed from this replica's stores (every
+    /// replica answers A/B/n lookups): `None` if there is no such routemap, `Err` with why it
+    /// is held (invalid, or a version label not accepted).
+    pub fn weigh(&self, namespace: &str, name: &str) -> Option<Result<Weighing, String>> {
+        let key = RoutemapKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        self.lock_state().weigh(&key, &self.config)
     }
 
     /// Whether this replica may write.

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use iter8_core::availability::Observed;
+use iter8_core::availability::{weigh, Observed, Weighing};
 use iter8_core::config::Config;
 use iter8_core::render::RoutemapMeta;
 use iter8_core::routemap::{Routemap, RoutemapError};
@@ -326,6 +326,27 @@ impl State {
     /// The routemap, if known.
     pub fn routemap(&self, key: &RoutemapKey) -> Option<RoutemapRecord> {
         self.routemaps.get(key).cloned()
+    }
+
+    /// Weighs routemap `key` from the stores as they are (for the A/B/n service, which
+    /// every replica runs): `None` if unknown, `Err` with why it is held.
+    pub fn weigh(&self, key: &RoutemapKey, config: &Config) -> Option<Result<Weighing, String>> {
+        let record = self.routemaps.get(key)?;
+        let rm = match &record.spec {
+            Ok(rm) => rm,
+            Err(hold) => return Some(Err(hold.to_string())),
+        };
+        let lookup = |short: &str, ns: &str, name: &str| {
+            let rt = config.resource_types.get(short)?;
+            self.objects
+                .get(&ObjectKey {
+                    gvr: Gvr::of(rt),
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })
+                .cloned()
+        };
+        Some(Ok(weigh(rm, &key.namespace, config, &lookup)))
     }
 
     /// Every known routemap.

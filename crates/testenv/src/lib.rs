@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod objects;
 pub mod pki;
 pub mod process;
+pub mod redis;
 pub mod routes;
 pub mod tools;
 pub mod workloads;

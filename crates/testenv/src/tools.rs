@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 const VERSIONS: &str = include_str!("../../../testenv/versions.env");
 
@@ -47,6 +47,59 @@ pub fn original_release_chart() -> Result<PathBuf> {
         );
     }
     Ok(dir)
+}
+
+/// First 16 hex digits of the SHA-256 of the files' bytes in order: the cache keys
+/// `testenv/setup.sh` computes with `cat FILES | sha256sum | cut -c1-16`.
+fn content_key(files: &[&str]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in files {
+        let path = repo_root().join(f);
+        h.update(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?);
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(hex[..16].to_string())
+}
+
+fn cached_file(component: &str, path: PathBuf) -> Result<PathBuf> {
+    if !path.is_file() {
+        bail!(
+            "missing {component}: {}; run testenv/setup.sh to build it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// `abn-client`, the A/B/n client built on Iter8 v1.1's generated Go package
+/// (testenv/tools/iter8-original/abnclient).
+pub fn abn_go_client() -> Result<PathBuf> {
+    let key = content_key(&[
+        "testenv/tools/iter8-original/abnclient/main.go",
+        "testenv/tools/iter8-original/go.mod",
+        "testenv/tools/iter8-original/go.sum",
+    ])?;
+    cached_file(
+        "abn-go-client",
+        cache_dir().join(format!(
+            "abn-go-client-{}-{key}/bin/abn-client",
+            version("ITER8_ORIGINAL_VERSION")
+        )),
+    )
+}
+
+/// `abn-frontend`, the Python SDK sample of samples/abn-frontend with its venv.
+pub fn abn_frontend() -> Result<PathBuf> {
+    let key = content_key(&[
+        "samples/abn-frontend/requirements.txt",
+        "samples/abn-frontend/frontend.py",
+        "crates/abn/proto/abn.proto",
+    ])?;
+    cached_file(
+        "abn-py",
+        cache_dir().join(format!("abn-py-{key}/bin/abn-frontend")),
+    )
 }
 
 /// Paths of every component the control plane needs, checked to exist.

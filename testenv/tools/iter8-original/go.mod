@@ -1,9 +1,16 @@
 // Wrapper module that builds the original Iter8 v1.1.2 (package main at its module root),
 // the controller our benchmark compares against. Built only on demand:
 // testenv/setup.sh --with-original. Its go.mod has no replace lines to copy.
+// Also holds abnclient (abn-client), a client of the A/B/n gRPC service built with the
+// original's generated package, built by testenv/setup.sh always (component abn-go-client).
 module iter8rs.local/testenv/iter8-original
 
 go 1.24
+
+require (
+	github.com/iter8-tools/iter8 v1.1.2
+	google.golang.org/grpc v1.62.1
+)
 
 require (
 	cloud.google.com/go/compute v1.23.3 // indirect
@@ -95,7 +102,6 @@ require (
 	github.com/huandu/xstrings v1.4.0 // indirect
 	github.com/imdario/mergo v0.3.13 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
-	github.com/iter8-tools/iter8 v1.1.2 // indirect
 	github.com/jarcoal/httpmock v1.3.1 // indirect
 	github.com/jhump/protoreflect v1.15.1 // indirect
 	github.com/jinzhu/configor v1.2.1 // indirect
@@ -173,7 +179,6 @@ require (
 	google.golang.org/genproto v0.0.0-20240123012728-ef4313101c80 // indirect
 	google.golang.org/genproto/googleapis/api v0.0.0-20240123012728-ef4313101c80 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20240318140521-94a12d6c2237 // indirect
-	google.golang.org/grpc v1.62.1 // indirect
 	google.golang.org/protobuf v1.33.0 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect
 	gopkg.in/yaml.v2 v2.4.0 // indirect

@@ -128,9 +128,20 @@ pub async fn install_controller(
         .get("iter8")
         .await
         .unwrap();
-    let config = cm.data.unwrap_or_default()["config.yaml"].clone();
+    let config = cm.data.clone().unwrap_or_default()["config.yaml"].clone();
     let config_path = dir.join("config.yaml");
     std::fs::write(&config_path, config).unwrap();
+    // The metrics store's settings, with its volume's path mapped to a folder of this run.
+    let metrics_dir = dir.join("metrics");
+    let metrics_config = cm
+        .data
+        .as_ref()
+        .map(|d| d["metrics.yaml"].clone())
+        .unwrap_or_default();
+    let metrics_config =
+        metrics_config.replace("dir: /metrics", &format!("dir: {}", metrics_dir.display()));
+    let metrics_config_path = dir.join("metrics.yaml");
+    std::fs::write(&metrics_config_path, metrics_config).unwrap();
 
     // A real token of the chart's ServiceAccount: the chart's RBAC is all the controller has.
     let kubeconfig = cp
@@ -150,24 +161,32 @@ pub async fn install_controller(
     assert_eq!(pod.service_account_name.as_deref(), Some("iter8"));
     let container = &pod.containers[0];
     let mounted_config = "/config/config.yaml";
+    let mounted_metrics_config = "/config/metrics.yaml";
     let port = testenv::process::free_port().unwrap();
     let admin = format!("127.0.0.1:{port}");
     let map = |s: &str| -> String {
         if s == mounted_config {
             config_path.display().to_string()
-        } else if s.starts_with("0.0.0.0:") {
-            admin.clone()
+        } else if s == mounted_metrics_config {
+            metrics_config_path.display().to_string()
         } else {
             s.to_string()
         }
     };
-    let chart_args: Vec<String> = container
-        .args
-        .clone()
-        .unwrap_or_default()
-        .iter()
-        .map(|a| map(a))
-        .collect();
+    // Listen addresses: the admin server's on a known port, the others on any free one.
+    let mut chart_args: Vec<String> = Vec::new();
+    for a in container.args.clone().unwrap_or_default() {
+        let address = if a.starts_with("0.0.0.0:") {
+            chart_args.last().map(String::as_str)
+        } else {
+            None
+        };
+        chart_args.push(match address {
+            Some("--admin-address") => admin.clone(),
+            Some(_) => "127.0.0.1:0".to_string(),
+            None => map(&a),
+        });
+    }
     assert!(
         chart_args.iter().any(|a| a == &admin),
         "the chart's container args name no admin address: {chart_args:?}"
@@ -187,7 +206,15 @@ pub async fn install_controller(
         };
         cmd.env(&e.name, value);
     }
-    let log = dir.join("controller.log");
+    // One log per start: a restart or a second replica does not overwrite the first's.
+    let starts = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("controller"))
+        })
+        .count();
+    let log = dir.join(format!("controller-{starts}.log"));
     let out = std::fs::File::create(&log).unwrap();
     cmd.stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
@@ -227,6 +254,22 @@ fn sample(text: &str, sample: &str) -> f64 {
 }
 
 impl Iter8 {
+    /// The address the A/B/n gRPC server listens on (from its log line).
+    pub async fn abn_address(&self) -> String {
+        let log = self.log.clone();
+        testenv::wait_for("the A/B/n server's address", WAIT, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            async move {
+                text.lines()
+                    .find(|l| l.contains("abn server listening"))
+                    .and_then(|l| l.split("address=").nth(1))
+                    .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
+            }
+        })
+        .await
+        .unwrap()
+    }
+
     /// The controller's Prometheus metrics.
     pub async fn metrics(&self) -> String {
         http_get(&self.admin, "/metrics").await.unwrap().1
