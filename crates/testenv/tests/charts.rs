@@ -5,7 +5,8 @@
 //! - `expected-error.txt`: a substring the error of `helm template` must contain.
 //!
 //! Cases named `controller*` render `charts/controller` as release `iter8` in namespace
-//! `iter8-system`; all others render `charts/release` as release `wisdom` in namespace
+//! `iter8-system`; cases named `test-*` render the test chart `charts/iter8` as release
+//! `wisdom-test` in `default`; all others render `charts/release` as release `wisdom` in namespace
 //! `default` (the seed tutorial's names). `UPDATE_GOLDEN=1` rewrites the `expected.yaml` files
 //! instead of comparing; read the diff before committing it, the files are the contract.
 //!
@@ -40,6 +41,8 @@ impl Case {
     fn chart(&self) -> &'static str {
         if self.name.starts_with("controller") {
             "charts/controller"
+        } else if self.name.starts_with("test-") {
+            "charts/iter8"
         } else {
             "charts/release"
         }
@@ -48,6 +51,8 @@ impl Case {
     fn release_and_namespace(&self) -> (&'static str, &'static str) {
         if self.name.starts_with("controller") {
             ("iter8", "iter8-system")
+        } else if self.name.starts_with("test-") {
+            ("wisdom-test", "default")
         } else {
             ("wisdom", "default")
         }
@@ -208,6 +213,8 @@ fn charts_pass_strict_lint() -> Result<()> {
             "charts/controller",
             "testdata/charts/controller-all-keys/values.yaml",
         ),
+        ("charts/iter8", "testdata/charts/test-http/values.yaml"),
+        ("charts/iter8", "testdata/charts/test-grpc/values.yaml"),
     ] {
         let out = Command::new(&helm)
             .current_dir(&root)
