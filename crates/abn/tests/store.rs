@@ -10,6 +10,7 @@ use iter8_abn::store::embedded::{Clock, EmbeddedStore};
 use iter8_abn::store::redis::RedisStore;
 use iter8_abn::store::{
     Aggregate, Backend, MetricData, SeriesData, Served, Store, StoreConfig, StoreError,
+    MAX_RESULT_BYTES,
 };
 use testenv::redis::RedisServer;
 
@@ -132,6 +133,8 @@ both!(
     concurrent_writes_are_all_counted,
     huge_names_do_not_panic,
     throughput_with_64_writers,
+    results_are_kept_replaced_and_bounded,
+    results_survive_reopening,
 );
 
 /// Values with long binary expansions, so any rounding difference would show.
@@ -428,7 +431,149 @@ async fn throughput_with_64_writers(kind: Kind) {
     );
 }
 
+async fn results_are_kept_replaced_and_bounded(kind: Kind) {
+    let env = Env::new(kind, |_| {}).await;
+    let s = &env.store;
+    assert_eq!(s.result("default", "t").await.expect("get"), None);
+    s.put_result("default", "t", br#"{"numCompletedTasks":1}"#)
+        .await
+        .expect("put");
+    s.put_result("default", "t", br#"{"numCompletedTasks":2}"#)
+        .await
+        .expect("replace");
+    assert_eq!(
+        s.result("default", "t").await.expect("get"),
+        Some(br#"{"numCompletedTasks":2}"#.to_vec())
+    );
+    // Another namespace or test is another result; separators cannot make keys meet.
+    assert_eq!(s.result("other", "t").await.expect("get"), None);
+    assert_eq!(s.result("default", "t2").await.expect("get"), None);
+    s.put_result("a:1:b", "c", b"1").await.expect("put");
+    s.put_result("a", "b:1:c", b"2").await.expect("put");
+    s.put_result("a::b", "c", b"3").await.expect("put");
+    s.put_result("a", "b::c", b"4").await.expect("put");
+    for (ns, test, json) in [
+        ("a:1:b", "c", b"1"),
+        ("a", "b:1:c", b"2"),
+        ("a::b", "c", b"3"),
+        ("a", "b::c", b"4"),
+    ] {
+        assert_eq!(
+            s.result(ns, test).await.expect("get"),
+            Some(json.to_vec()),
+            "{ns} {test}"
+        );
+    }
+    // The largest result is kept; one byte more is refused and leaves the stored one.
+    let max = vec![b'x'; MAX_RESULT_BYTES];
+    s.put_result("default", "big", &max).await.expect("max");
+    assert_eq!(
+        s.result("default", "big")
+            .await
+            .expect("get")
+            .map(|j| j.len()),
+        Some(MAX_RESULT_BYTES)
+    );
+    let over = vec![b'y'; MAX_RESULT_BYTES + 1];
+    match s.put_result("default", "big", &over).await {
+        Err(StoreError::Full(msg)) => {
+            assert!(msg.contains(&(MAX_RESULT_BYTES + 1).to_string()), "{msg}");
+            assert!(msg.contains("4 MiB"), "{msg}");
+        }
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert_eq!(
+        s.result("default", "big").await.expect("get"),
+        Some(max),
+        "a refused result leaves the stored one"
+    );
+    // Results do not touch the A/B/n data.
+    assert_eq!(
+        s.series(APP, &served(0)).await.expect("series"),
+        SeriesData::default()
+    );
+}
+
+async fn results_survive_reopening(kind: Kind) {
+    let env = Env::with(kind, true, |_| {}).await;
+    env.store
+        .put_result("perf", "load-test", b"{\"failure\":false}")
+        .await
+        .expect("put");
+    let env = env.reopen().await;
+    assert_eq!(
+        env.store.result("perf", "load-test").await.expect("get"),
+        Some(b"{\"failure\":false}".to_vec())
+    );
+}
+
 // Expiry and outages: the mechanisms differ per backend.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_results_expire_with_the_injected_clock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ms = Arc::new(AtomicU64::new(1_800_000_000_000));
+    let read = ms.clone();
+    let clock: Clock =
+        Arc::new(move || UNIX_EPOCH + Duration::from_millis(read.load(Ordering::SeqCst)));
+    let ttl = Duration::from_secs(600);
+    let config = StoreConfig {
+        backend: Backend::Embedded {
+            path: dir.path().join("abn.redb"),
+        },
+        ttl,
+        max_users: 2,
+        max_values: 10,
+    };
+    let embedded = EmbeddedStore::open_with_clock(&config, clock).expect("open");
+    let s = Store::Embedded(embedded.clone());
+    s.put_result("ns", "old", b"1").await.expect("put");
+    ms.fetch_add(ttl.as_millis() as u64 / 2, Ordering::SeqCst);
+    s.put_result("ns", "new", b"2").await.expect("put");
+    ms.fetch_add(ttl.as_millis() as u64 / 2, Ordering::SeqCst);
+    // Gone for reads before any sweep; the newer one lives on.
+    assert_eq!(s.result("ns", "old").await.expect("get"), None);
+    assert_eq!(
+        s.result("ns", "new").await.expect("get"),
+        Some(b"2".to_vec())
+    );
+    assert_eq!(embedded.sweep().await.expect("sweep"), 1);
+    ms.fetch_add(ttl.as_millis() as u64, Ordering::SeqCst);
+    assert_eq!(s.result("ns", "new").await.expect("get"), None);
+    assert_eq!(embedded.sweep().await.expect("sweep"), 1);
+    assert_eq!(embedded.sweep().await.expect("sweep"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_results_expire_after_the_ttl() {
+    let env = Env::new(Kind::Redis, |c| c.ttl = Duration::from_secs(1)).await;
+    let s = &env.store;
+    s.put_result("ns", "t", b"{}").await.expect("put");
+    let redis = env.redis.as_ref().expect("redis");
+    let client = ::redis::Client::open(redis.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert_eq!(keys, vec!["iter8:result:2:ns:1:t".to_string()]);
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(ttl > 0 && ttl <= 1000, "PTTL {ttl}");
+    testenv::wait_for("the result to expire", Duration::from_secs(10), || {
+        let s = s.clone();
+        async move { s.result("ns", "t").await.ok()?.is_none().then_some(()) }
+    })
+    .await
+    .expect("expiry");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_expiry_follows_the_injected_clock() {
@@ -544,6 +689,14 @@ async fn redis_down_is_unavailable_and_recovers() {
             env.store.assignment(APP, "u").await,
             Err(StoreError::Unavailable(_))
         ));
+        assert!(matches!(
+            env.store.put_result("ns", "t", b"{}").await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            env.store.result("ns", "t").await,
+            Err(StoreError::Unavailable(_))
+        ));
     }
     // Connecting while it is down fails too, naming the address.
     match RedisStore::connect(&env.config).await {
@@ -618,6 +771,10 @@ async fn redis_out_of_memory_is_reported_and_writes_nothing() {
             Err(StoreError::Full(msg)) => assert!(msg.contains("out of memory"), "{msg}"),
             other => panic!("expected Full for {user}, got {other:?}"),
         }
+    }
+    match env.store.put_result("ns", "t", &[b'x'; 4096]).await {
+        Err(StoreError::Full(msg)) => assert!(msg.contains("out of memory"), "{msg}"),
+        other => panic!("expected Full for a result, got {other:?}"),
     }
     // Reads still work, and nothing was written.
     assert_eq!(

@@ -20,6 +20,8 @@
 //! audit log.
 
 pub mod abn;
+pub mod load_grpc;
+pub mod load_http;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Seek, SeekFrom};

@@ -1,5 +1,6 @@
 //! The A/B/n service in the controller process: the store, the gRPC server and what the
-//! admin server needs for `/abnDashboard` and `/metrics`.
+//! admin server needs for `/abnDashboard`, the test results (`/testResult`, `/httpDashboard`,
+//! `/grpcDashboard`, kept in the same store) and `/metrics`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,10 +28,12 @@ impl Applications for ControllerApps {
 
 pub type Service = AbnService<ControllerApps>;
 
-/// The service and its metrics registry.
+/// The service, its metrics registry and the store (shared with the service).
 pub struct Abn {
     pub service: Arc<Service>,
     pub registry: Registry,
+    /// Also keeps the performance tests' results.
+    pub store: Store,
 }
 
 /// Reads the store's settings (`metrics.yaml`, or the defaults with `dir`).
@@ -49,7 +52,7 @@ pub async fn service(controller: Arc<Controller>, store: &StoreConfig, seed: u64
     let store = match Store::open(store).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "A/B/n metrics store not opened: WriteMetric and /abnDashboard will fail; Lookup still answers");
+            tracing::error!(error = %e, "A/B/n metrics store not opened: WriteMetric, /abnDashboard and test results will fail; Lookup still answers");
             Store::Broken(e.to_string())
         }
     };
@@ -57,11 +60,15 @@ pub async fn service(controller: Arc<Controller>, store: &StoreConfig, seed: u64
     let metrics = Arc::new(AbnMetrics::registered(&mut registry));
     let service = Arc::new(AbnService::new(
         Arc::new(ControllerApps(controller)),
-        store,
+        store.clone(),
         seed,
         metrics,
     ));
-    Abn { service, registry }
+    Abn {
+        service,
+        registry,
+        store,
+    }
 }
 
 /// Serves gRPC on `address` until the task is aborted.

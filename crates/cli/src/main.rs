@@ -3,7 +3,10 @@
 
 mod abn;
 mod admin;
+mod load_cmd;
+mod load_exec;
 mod render_cmd;
+mod test_cmd;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +48,10 @@ enum Command {
     Controller(Box<ControllerArgs>),
     /// Print the routing objects the controller would apply, without a cluster.
     Render(render_cmd::RenderArgs),
+    /// Send HTTP or gRPC load to a model version and print the result (Iter8 v1.1's shape).
+    Load(load_cmd::LoadArgs),
+    /// Run a performance test (what the `iter8` test chart's Job runs).
+    Test(test_cmd::TestArgs),
 }
 
 #[derive(clap::Args)]
@@ -138,10 +145,12 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Controller(args) => run_controller(*args).await,
         Command::Render(args) => render_cmd::run(args),
+        Command::Load(args) => load_cmd::run(args).await,
+        Command::Test(args) => test_cmd::run(args).await,
     }
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
+pub(crate) async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)

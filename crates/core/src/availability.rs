@@ -171,6 +171,16 @@ struct Condition<'a> {
     observed_generation: Option<i64>,
 }
 
+/// Whether one object is ready by the rules of its type (not being deleted, every condition
+/// satisfied): what a version's readiness requires of each of its resources. `Err` names
+/// what is malformed.
+pub fn object_ready(rtype: &ResourceType, obj: &Observed) -> Result<bool, String> {
+    if obj.deleting {
+        return Ok(false);
+    }
+    conditions_satisfied(rtype, obj)
+}
+
 /// Whether `obj` satisfies every condition of its type: every entry of each configured
 /// type is `True` and fresh (as the original, which fails at the first entry that is not),
 /// and at least one entry exists. `Err` names what is malformed (and the object is then not

@@ -136,6 +136,19 @@ struct ModelServer {
     /// The InferenceService generation it serves (its Knative Service's generation).
     generation: i64,
     process: Process,
+    ports: ModelServerPorts,
+}
+
+/// Where a model server listens: its own address (the simulated pod IP) and ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelServerPorts {
+    pub ip: Ipv4Addr,
+    /// V2 REST.
+    pub http: u16,
+    /// V2 gRPC (`inference.GRPCInferenceService`).
+    pub grpc: u16,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics: u16,
 }
 
 /// The running data plane. Drop order is field order: model servers, Envoys, then istiod.
@@ -737,6 +750,15 @@ impl DataPlane {
         Ok(())
     }
 
+    /// The model server of InferenceService `ns/name`, if one serves it.
+    pub async fn model_server(&self, ns: &str, name: &str) -> Option<ModelServerPorts> {
+        self.models
+            .lock()
+            .await
+            .get(&(ns.to_string(), name.to_string()))
+            .map(|m| m.ports)
+    }
+
     /// The model variant (`v0`, `v1`) InferenceService `ns/name` is served with, if any.
     pub async fn served_variant(&self, ns: &str, name: &str) -> Option<String> {
         self.models
@@ -789,6 +811,12 @@ impl DataPlane {
                 variant: variant.to_string(),
                 generation,
                 process,
+                ports: ModelServerPorts {
+                    ip,
+                    http,
+                    grpc,
+                    metrics,
+                },
             },
             http,
         ))

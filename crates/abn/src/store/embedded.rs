@@ -19,10 +19,13 @@
 //!   after expiry (new id) can never see old data:
 //!   `series_users (id, user)`, `metrics (id, metric) -> aggregate`,
 //!   `recent (id, metric, seq) -> value` (seq = transaction number, the ring keeps the last
-//!   `max_values`), `user_sums (id, metric, user) -> sum`.
+//!   `max_values`), `user_sums (id, metric, user) -> sum`;
+//! - `results (namespace, test) -> (expires_ms, json)`, indexed by
+//!   `result_expiry (expires_ms, namespace, test)`: test results, each replaced whole by a PUT
+//!   (committed durably before the PUT is answered).
 //!
 //! **Expiry.** Everything carries `expires_ms`; reads ignore what has expired, and the writer
-//! sweeps the expiry indexes periodically (every `min(ttl/10, 60 s)`) and before refusing a
+//! sweeps the expiry indexes (assignments, series, results) periodically (every `min(ttl/10, 60 s)`) and before refusing a
 //! new user as [`StoreError::Full`].
 
 use std::path::{Path, PathBuf};
@@ -54,6 +57,8 @@ type StoredAggregate = (u64, f64, f64, f64, f64);
 const METRICS: TableDefinition<(u64, &str), StoredAggregate> = TableDefinition::new("metrics");
 const RECENT: TableDefinition<(u64, &str, u64), f64> = TableDefinition::new("recent");
 const USER_SUMS: TableDefinition<(u64, &str, &str), f64> = TableDefinition::new("user_sums");
+const RESULTS: TableDefinition<(&str, &str), (u64, &[u8])> = TableDefinition::new("results");
+const RESULT_EXPIRY: TableDefinition<(u64, &str, &str), ()> = TableDefinition::new("result_expiry");
 
 const SCHEMA: &str = "schema";
 const SCHEMA_VERSION: u64 = 1;
@@ -109,6 +114,11 @@ enum Op {
         metric: String,
         user: String,
         value: f64,
+    },
+    PutResult {
+        namespace: String,
+        test: String,
+        json: Vec<u8>,
     },
     Sweep,
 }
@@ -239,8 +249,40 @@ impl EmbeddedStore {
             .await
     }
 
+    /// Stores (replaces) the result of `test` in `namespace`, durably; see
+    /// [`Store::put_result`].
+    pub async fn put_result(
+        &self,
+        namespace: &str,
+        test: &str,
+        json: &[u8],
+    ) -> Result<(), StoreError> {
+        check_result_size(json.len())?;
+        self.request(Op::PutResult {
+            namespace: namespace.to_owned(),
+            test: test.to_owned(),
+            json: json.to_vec(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The result of `test` in `namespace`, if stored and not expired.
+    pub async fn result(&self, namespace: &str, test: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let (namespace, test) = (namespace.to_owned(), test.to_owned());
+        self.read(move |txn, now| {
+            let table = txn.open_table(RESULTS)?;
+            let found = table.get((namespace.as_str(), test.as_str()))?;
+            Ok(found.and_then(|g| {
+                let (expires, json) = g.value();
+                (expires > now).then(|| json.to_vec())
+            }))
+        })
+        .await
+    }
+
     /// Deletes what has expired now (the writer also does it periodically); returns how many
-    /// assignments and series it deleted.
+    /// assignments, series and test results it deleted.
     pub async fn sweep(&self) -> Result<u64, StoreError> {
         self.request(Op::Sweep).await
     }
@@ -328,6 +370,8 @@ fn open_database(path: &Path) -> Result<Database, StoreError> {
             txn.open_table(METRICS)?;
             txn.open_table(RECENT)?;
             txn.open_table(USER_SUMS)?;
+            txn.open_table(RESULTS)?;
+            txn.open_table(RESULT_EXPIRY)?;
         }
         txn.commit()?;
         Ok(Ok(()))
@@ -591,6 +635,8 @@ struct Tables<'t> {
     metrics: Table<'t, (u64, &'static str), StoredAggregate>,
     recent: Table<'t, (u64, &'static str, u64), f64>,
     user_sums: Table<'t, (u64, &'static str, &'static str), f64>,
+    results: Table<'t, (&'static str, &'static str), (u64, &'static [u8])>,
+    result_expiry: Table<'t, (u64, &'static str, &'static str), ()>,
 }
 
 /// Inner `Err` = the request was refused as full (nothing of it written); outer = storage.
@@ -615,6 +661,8 @@ impl<'t> Tables<'t> {
             metrics: txn.open_table(METRICS)?,
             recent: txn.open_table(RECENT)?,
             user_sums: txn.open_table(USER_SUMS)?,
+            results: txn.open_table(RESULTS)?,
+            result_expiry: txn.open_table(RESULT_EXPIRY)?,
         })
     }
 
@@ -631,6 +679,11 @@ impl<'t> Tables<'t> {
                 user,
                 value,
             } => self.metric(app, served, metric, user, *value),
+            Op::PutResult {
+                namespace,
+                test,
+                json,
+            } => self.put_result(namespace, test, json),
             Op::Sweep => Ok(Ok(self.sweep(usize::MAX)?)),
         }
     }
@@ -825,9 +878,48 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Deletes up to `limit` expired assignments and up to `limit` expired series.
+    /// Replaces the result of (namespace, test), with a fresh expiry.
+    fn put_result(&mut self, namespace: &str, test: &str, json: &[u8]) -> Outcome {
+        let expires = self.expires();
+        let old = self.results.get((namespace, test))?.map(|g| g.value().0);
+        if let Some(old) = old.filter(|old| *old != expires) {
+            self.result_expiry.remove((old, namespace, test))?;
+        }
+        self.results.insert((namespace, test), (expires, json))?;
+        self.result_expiry.insert((expires, namespace, test), ())?;
+        Ok(Ok(0))
+    }
+
+    /// Deletes up to `limit` expired assignments, up to `limit` expired series and up to
+    /// `limit` expired results.
     fn sweep(&mut self, limit: usize) -> Result<u64, StorageError> {
-        Ok(self.sweep_assignments(limit)? + self.sweep_series(limit)?)
+        Ok(self.sweep_assignments(limit)?
+            + self.sweep_series(limit)?
+            + self.sweep_results(limit)?)
+    }
+
+    fn sweep_results(&mut self, limit: usize) -> Result<u64, StorageError> {
+        let mut expired = Vec::new();
+        for item in self
+            .result_expiry
+            .range(..(self.now.saturating_add(1), "", ""))?
+            .take(limit)
+        {
+            let (k, _) = item?;
+            let (e, namespace, test) = k.value();
+            expired.push((e, namespace.to_owned(), test.to_owned()));
+        }
+        let mut removed = 0;
+        for (e, namespace, test) in &expired {
+            let key = (namespace.as_str(), test.as_str());
+            self.result_expiry.remove((*e, key.0, key.1))?;
+            let current = self.results.get(key)?.map(|g| g.value().0);
+            if current == Some(*e) {
+                self.results.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     fn sweep_assignments(&mut self, limit: usize) -> Result<u64, StorageError> {
@@ -1299,6 +1391,52 @@ mod tests {
                 .len(),
             0
         );
+    }
+
+    /// Rows in the results table and its expiry index.
+    fn result_rows(store: &EmbeddedStore) -> (u64, u64) {
+        use redb::ReadableTableMetadata;
+        let txn = store.inner.db.begin_read().expect("read");
+        (
+            txn.open_table(RESULTS).expect("t").len().expect("len"),
+            txn.open_table(RESULT_EXPIRY)
+                .expect("t")
+                .len()
+                .expect("len"),
+        )
+    }
+
+    #[tokio::test]
+    async fn results_are_replaced_expire_and_are_swept_with_one_index_entry_each() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (time, clock) = FakeClock::new();
+        let store = EmbeddedStore::open_with_clock(&config(&dir.path().join("s.redb")), clock)
+            .expect("open");
+        store.put_result("ns", "t", b"1").await.expect("put");
+        store.put_result("ns", "u", b"u").await.expect("put");
+        for i in 2..5 {
+            time.advance(TTL / 4);
+            store
+                .put_result("ns", "t", format!("{i}").as_bytes())
+                .await
+                .expect("put");
+        }
+        assert_eq!(result_rows(&store), (2, 2));
+        assert_eq!(
+            store.result("ns", "t").await.expect("get"),
+            Some(b"4".to_vec())
+        );
+        // u expired (written a TTL ago), t was refreshed by its last write.
+        time.advance(TTL / 4);
+        assert_eq!(store.result("ns", "u").await.expect("get"), None);
+        assert_eq!(store.sweep().await.expect("sweep"), 1);
+        assert_eq!(result_rows(&store), (1, 1));
+        time.advance(TTL);
+        assert_eq!(store.result("ns", "t").await.expect("get"), None);
+        assert_eq!(store.sweep().await.expect("sweep"), 1);
+        assert_eq!(result_rows(&store), (0, 0));
+        // The A/B/n tables were never touched.
+        assert_eq!(rows(&store), vec![0; 8]);
     }
 
     #[tokio::test]

@@ -9,6 +9,11 @@
 //!
 //! Everything expires `ttl` after its last write; a store holds at most `max_users`
 //! assignments and refuses new users beyond that ([`StoreError::Full`]).
+//!
+//! The same store keeps the **results of performance tests** (`PUT /testResult`): one JSON
+//! document per (namespace, test), replaced by each PUT, expiring `ttl` after it, at most
+//! [`MAX_RESULT_BYTES`] each (a result holds histograms and summaries, never per-call
+//! details).
 
 pub mod embedded;
 pub mod redis;
@@ -137,12 +142,27 @@ impl Default for StoreConfig {
     }
 }
 
+/// Largest test result a store keeps, in bytes of JSON.
+pub const MAX_RESULT_BYTES: usize = 4 << 20;
+
+/// Refuses a result over [`MAX_RESULT_BYTES`] as [`StoreError::Full`].
+fn check_result_size(len: usize) -> Result<(), StoreError> {
+    if len > MAX_RESULT_BYTES {
+        return Err(StoreError::Full(format!(
+            "a test result of {len} bytes is refused: a result is kept only up to {MAX_RESULT_BYTES} bytes ({} MiB)",
+            MAX_RESULT_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached or failed; nothing was written.
     #[error("metrics store unavailable: {0}")]
     Unavailable(String),
-    /// The store holds `max_users` users already; nothing was written.
+    /// The store holds `max_users` users already, or a test result is too big, or Redis is
+    /// out of memory; nothing was written.
     #[error("metrics store full: {0}")]
     Full(String),
 }
@@ -215,6 +235,31 @@ impl Store {
         match self {
             Store::Embedded(s) => s.series(app, served).await,
             Store::Redis(s) => s.series(app, served).await,
+            Store::Broken(why) => Err(Store::broken(why)),
+        }
+    }
+
+    /// Stores (replaces) the result of test `test` in `namespace`, durably before it returns
+    /// Ok; it expires `ttl` after this write. A result over [`MAX_RESULT_BYTES`] is refused
+    /// ([`StoreError::Full`]) and the stored one is left as it was.
+    pub async fn put_result(
+        &self,
+        namespace: &str,
+        test: &str,
+        json: &[u8],
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.put_result(namespace, test, json).await,
+            Store::Redis(s) => s.put_result(namespace, test, json).await,
+            Store::Broken(why) => Err(Store::broken(why)),
+        }
+    }
+
+    /// The result of test `test` in `namespace`, if stored and not expired.
+    pub async fn result(&self, namespace: &str, test: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Store::Embedded(s) => s.result(namespace, test).await,
+            Store::Redis(s) => s.result(namespace, test).await,
             Store::Broken(why) => Err(Store::broken(why)),
         }
     }

@@ -21,6 +21,9 @@
 //! expiry they refresh: those keys are built in the script from the series prefix and share
 //! the application's hash tag, so they live in the same cluster slot.
 //!
+//! **Test results** are one string each, `iter8:result:<len>:<namespace>:<len>:<test>` →
+//! the JSON, written with `SET ... PX ttl` (replaced whole, expiring `ttl` after the last PUT).
+//!
 //! **Expiry.** Every write gives every key of the series (and the assignment it sets) a TTL
 //! of `ttl`, so a series expires as a whole `ttl` after its last write. Time is Redis's own
 //! (`TIME`), the same for every replica.
@@ -330,6 +333,34 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// Stores (replaces) the result of `test` in `namespace`; see [`Store::put_result`].
+    pub async fn put_result(
+        &self,
+        namespace: &str,
+        test: &str,
+        json: &[u8],
+    ) -> Result<(), StoreError> {
+        check_result_size(json.len())?;
+        let () = ::redis::cmd("SET")
+            .arg(result_key(namespace, test))
+            .arg(json)
+            .arg("PX")
+            .arg(self.ttl_ms)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        Ok(())
+    }
+
+    /// The result of `test` in `namespace`, if stored and not expired.
+    pub async fn result(&self, namespace: &str, test: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        ::redis::cmd("GET")
+            .arg(result_key(namespace, test))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.error(e))
+    }
+
     fn float(&self, text: &str) -> Result<f64, StoreError> {
         text.parse().map_err(|_| {
             StoreError::Unavailable(format!(
@@ -434,6 +465,10 @@ fn metric_prefix(series: &str, metric: &str) -> String {
     format!("{series}:m:{}", lp(metric))
 }
 
+fn result_key(namespace: &str, test: &str) -> String {
+    format!("iter8:result:{}:{}", lp(namespace), lp(test))
+}
+
 fn served_value(served: &Served) -> String {
     format!("{}:{}", served.version, served.signature)
 }
@@ -460,6 +495,8 @@ mod tests {
         assert_eq!(s, "iter8:abn:{6:ns/app}:series:1:1:s");
         assert!(assign_key("ns/app", "u").starts_with("iter8:abn:{6:ns/app}:"));
         assert_eq!(metric_prefix(&s, "m"), format!("{s}:m:1:m"));
+        assert_eq!(result_key("ns", "t"), "iter8:result:2:ns:1:t");
+        assert_ne!(result_key("a:1:b", "c"), result_key("a", "b:1:c"));
     }
 
     #[test]
