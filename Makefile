@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: setup setup-original build lint test bench bench-abn demo control-plane clean-cache
+.PHONY: setup setup-original build lint test bench bench-abn bench-load demo control-plane clean-cache
 
 ## Build or find the pinned kube-apiserver, etcd, helm, CRDs, istiod, Envoy and MLServer (cached by version).
 setup:
@@ -35,6 +35,11 @@ bench: setup-original
 bench-abn: setup-original
 	$(CARGO) build --release -p iter8 -p bench
 	target/release/bench --abn
+
+## The load generators against Fortio and ghz (see BENCHMARKS.md).
+bench-load: setup-original
+	$(CARGO) build --release -p iter8 -p bench
+	target/release/bench --load
 
 ## The seed tutorial, end to end, on a local control plane.
 demo: setup build

@@ -401,11 +401,19 @@ fn ghz_figures(r: &Value) -> Result<Figures> {
 }
 
 fn tool_version(bin: &Path, args: &[&str]) -> String {
+    // ghz (kingpin) prints its version on standard error.
     Command::new(bin)
         .args(args)
         .output()
         .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .map(|o| {
+            let out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if out.is_empty() {
+                String::from_utf8_lossy(&o.stderr).trim().to_string()
+            } else {
+                out
+            }
+        })
         .and_then(|s| s.lines().next().map(str::to_string))
         .unwrap_or_else(|| "?".into())
 }
@@ -476,25 +484,6 @@ fn markdown(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The comparison on demand (until `bench` has a flag for it):
-    /// `cargo test --release -p bench --lib load_grpc -- --ignored --nocapture`
-    /// (`LOAD_GRPC_ROUNDS`, default 3; `ITER8_BIN`, default target/release/iter8).
-    #[tokio::test(flavor = "multi_thread")]
-    #[ignore = "a 2-minute benchmark; needs testenv/setup.sh --with-original"]
-    async fn compare_with_ghz() {
-        let rounds = std::env::var("LOAD_GRPC_ROUNDS")
-            .ok()
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(3);
-        let ours = std::env::var_os("ITER8_BIN").map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/iter8"),
-            PathBuf::from,
-        );
-        let ghz = ghz_binary().expect("ghz");
-        let table = run(&ours, &ghz, rounds).await.expect("benchmark");
-        println!("{table}\nMachine: {}", crate::machine());
-    }
 
     #[test]
     fn ghz_report_figures() {

@@ -26,6 +26,10 @@ const CONNECTIONS: usize = 4;
 const SECONDS: u64 = 10;
 /// How close to the requested rate a fixed-rate run must come.
 const QPS_TOLERANCE: f64 = 0.02;
+/// Latency bucket unit (Fortio's `-r`) of both sides when ours can take it: 10 µs, since at
+/// the default 1 ms every sub-millisecond call shares the first bucket.
+const FINE_RESOLUTION: f64 = 0.00001;
+const DEFAULT_RESOLUTION: f64 = 0.001;
 
 /// The Fortio binary built by `testenv/setup.sh --with-original`.
 pub fn fortio_binary() -> Result<PathBuf> {
@@ -135,14 +139,15 @@ impl Target {
     }
 }
 
-/// Whether our binary has `iter8 load http`.
-fn has_load_cli(ours: &Path) -> bool {
-    Command::new(ours)
+/// Whether our binary has `iter8 load http`, and whether that takes `--resolution`.
+fn load_cli(ours: &Path) -> Option<bool> {
+    let out = Command::new(ours)
         .args(["load", "http", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8_lossy(&out.stdout).contains("--resolution"))
 }
 
 fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
@@ -171,7 +176,13 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
 }
 
-fn fortio_run(fortio: &Path, url: &str, s: Scenario, out: &Path) -> Result<HttpRunnerResults> {
+fn fortio_run(
+    fortio: &Path,
+    url: &str,
+    s: Scenario,
+    resolution: f64,
+    out: &Path,
+) -> Result<HttpRunnerResults> {
     run_checked(
         Command::new("taskset")
             .args(["-c", "1"])
@@ -179,7 +190,7 @@ fn fortio_run(fortio: &Path, url: &str, s: Scenario, out: &Path) -> Result<HttpR
             .args(["load", "-loglevel", "warning", "-qps"])
             .arg(s.qps().to_string())
             .args(["-c", &CONNECTIONS.to_string(), "-t", &format!("{SECONDS}s")])
-            .args(["-p", "50,90,99", "-json"])
+            .args(["-p", "50,90,99", "-r", &resolution.to_string(), "-json"])
             .arg(out)
             .arg(url),
         "fortio load",
@@ -187,18 +198,25 @@ fn fortio_run(fortio: &Path, url: &str, s: Scenario, out: &Path) -> Result<HttpR
     HttpRunnerResults::from_value(&read_json(out)?).context("Fortio's JSON")
 }
 
-fn cli_run(ours: &Path, url: &str, s: Scenario, out: &Path) -> Result<HttpRunnerResults> {
-    run_checked(
-        Command::new("taskset")
-            .args(["-c", "1"])
-            .arg(ours)
-            .args(["load", "http", "--url", url, "--qps"])
-            .arg(s.qps().to_string())
-            .args(["--connections", &CONNECTIONS.to_string()])
-            .args(["--duration", &format!("{SECONDS}s"), "--output"])
-            .arg(out),
-        "iter8 load http",
-    )?;
+fn cli_run(
+    ours: &Path,
+    url: &str,
+    s: Scenario,
+    resolution: f64,
+    out: &Path,
+) -> Result<HttpRunnerResults> {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "1"])
+        .arg(ours)
+        .args(["load", "http", "--url", url, "--qps"])
+        .arg(s.qps().to_string())
+        .args(["--connections", &CONNECTIONS.to_string()])
+        .args(["--duration", &format!("{SECONDS}s"), "--output"])
+        .arg(out);
+    if resolution != DEFAULT_RESOLUTION {
+        cmd.args(["--resolution", &resolution.to_string()]);
+    }
+    run_checked(&mut cmd, "iter8 load http")?;
     let result = read_json(out)?;
     let endpoint = result
         .pointer("/insights/taskData/http")
@@ -208,37 +226,43 @@ fn cli_run(ours: &Path, url: &str, s: Scenario, out: &Path) -> Result<HttpRunner
     HttpRunnerResults::from_value(endpoint).context("our Fortio-shaped JSON")
 }
 
-/// Sets the CPU affinity of every thread of this process (`taskset -a -p`); returns the
-/// mask it had.
-fn pin_self(mask: &str) -> Result<String> {
-    let pid = std::process::id().to_string();
-    let out = Command::new("taskset").args(["-p", &pid]).output()?;
-    let old = String::from_utf8_lossy(&out.stdout)
-        .rsplit(':')
-        .next()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| anyhow!("cannot read this process's CPU affinity"))?;
+/// Pins the calling thread (and the threads it starts afterwards) to `cpus`.
+fn pin_this_thread(cpus: &str) -> Result<()> {
+    // "/proc/thread-self" links to "<pid>/task/<tid>".
+    let link = std::fs::read_link("/proc/thread-self").context("reading /proc/thread-self")?;
+    let tid = link
+        .file_name()
+        .and_then(|t| t.to_str())
+        .ok_or_else(|| anyhow!("no thread id in {}", link.display()))?
+        .to_string();
     run_checked(
-        Command::new("taskset").args(["-a", "-p", mask, &pid]),
+        Command::new("taskset").args(["-p", "-c", cpus, &tid]),
         "taskset",
-    )?;
-    Ok(old)
+    )
 }
 
-/// Our engine in this process (when the binary lacks `load http`), pinned to CPU 1.
-async fn library_run(url: &str, s: Scenario) -> Result<HttpRunnerResults> {
+/// Our engine in this process (when the binary lacks `load http`): on a thread of its own
+/// pinned to CPU 1, with a one-worker runtime, as `iter8` started under `taskset -c 1` has.
+async fn library_run(url: &str, s: Scenario, resolution: f64) -> Result<HttpRunnerResults> {
     let opts = HttpOptions {
         url: url.to_string(),
         qps: s.qps(),
         connections: CONNECTIONS,
         duration: Some(Duration::from_secs(SECONDS)),
+        resolution,
         ..HttpOptions::default()
     };
-    let old = pin_self("2")?;
-    let run = http::run(&opts).await;
-    pin_self(&old)?;
-    Ok(run?.fortio_results())
+    let thread = std::thread::spawn(move || -> Result<HttpRunnerResults> {
+        pin_this_thread("1")?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        Ok(rt.block_on(http::run(&opts))?.fortio_results())
+    });
+    tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| anyhow!("the load thread panicked"))?
 }
 
 fn median_range(v: &[f64]) -> (f64, f64, f64) {
@@ -284,14 +308,22 @@ pub async fn run(ours: &Path, fortio: &Path, rounds: usize) -> Result<String> {
     let url = format!("http://127.0.0.1:{port}/echo");
     let mut target = Target::start(fortio, port, &dir)?;
     target.wait_answering(&url).await?;
-    let cli = has_load_cli(ours);
+    let caps = load_cli(ours);
+    let cli = caps.is_some();
+    // Both sides bucket latencies alike: finely unless our CLI cannot be told to.
+    let resolution = if caps == Some(false) {
+        DEFAULT_RESOLUTION
+    } else {
+        FINE_RESOLUTION
+    };
     eprintln!(
-        "load-http: target {url}; ours via {}",
+        "load-http: target {url}; ours via {}; latency buckets of {} µs",
         if cli {
             "iter8 load http"
         } else {
             "the library in-process (no `iter8 load http` yet)"
-        }
+        },
+        resolution * 1e6
     );
 
     let mut fortio_version = String::new();
@@ -307,9 +339,9 @@ pub async fn run(ours: &Path, fortio: &Path, rounds: usize) -> Result<String> {
             for g in order {
                 let out = dir.join(format!("{g:?}-{s:?}-{round}.json").to_lowercase());
                 let r = match g {
-                    Gen::Fortio => fortio_run(fortio, &url, s, &out)?,
-                    Gen::Ours if cli => cli_run(ours, &url, s, &out)?,
-                    Gen::Ours => library_run(&url, s).await?,
+                    Gen::Fortio => fortio_run(fortio, &url, s, resolution, &out)?,
+                    Gen::Ours if cli => cli_run(ours, &url, s, resolution, &out)?,
+                    Gen::Ours => library_run(&url, s, resolution).await?,
                 };
                 if g == Gen::Fortio {
                     fortio_version = r.version.clone();
@@ -382,10 +414,17 @@ pub async fn run(ours: &Path, fortio: &Path, rounds: usize) -> Result<String> {
     s.push_str(&format!(
         "\nFixed rate within {:.0}% of {FIXED_QPS} qps in every round: Fortio {}, ours {}. \
          Medians over {rounds} round(s) (min–max); target `fortio server` on CPU 0, generators on CPU 1; \
-         percentiles by Fortio's interpolation within its buckets on both sides.\n",
+         percentiles by Fortio's interpolation within its buckets ({} µs) on both sides; \
+         ours {}.\n",
         QPS_TOLERANCE * 100.0,
         if within(Gen::Fortio) { "yes" } else { "NO" },
         if within(Gen::Ours) { "yes" } else { "NO" },
+        resolution * 1e6,
+        if cli {
+            "through `iter8 load http`"
+        } else {
+            "through the library in the benchmark process (a one-worker runtime on CPU 1)"
+        },
     ));
     Ok(s)
 }

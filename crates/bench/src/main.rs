@@ -40,6 +40,13 @@ struct Args {
     /// Benchmark the A/B/n service (Lookup, WriteMetric) instead of routing.
     #[arg(long)]
     abn: bool,
+    /// Benchmark the load generators (HTTP against Fortio, gRPC against ghz) instead of
+    /// routing.
+    #[arg(long)]
+    load: bool,
+    /// Load: rounds per generator and scenario (medians reported).
+    #[arg(long, default_value_t = 3)]
+    load_rounds: usize,
     /// A/B/n: rounds per server (medians reported).
     #[arg(long, default_value_t = 3)]
     abn_rounds: usize,
@@ -73,6 +80,21 @@ async fn main() -> Result<()> {
     // The controllers run in folders of their own: absolute paths.
     let ours = std::fs::canonicalize(&ours)?;
     let original = std::fs::canonicalize(&original)?;
+    if args.load {
+        let fortio = bench::load_http::fortio_binary()?;
+        let ghz = bench::load_grpc::ghz_binary()?;
+        println!("### Load generators: HTTP (ours vs Fortio), gRPC (ours vs ghz)\n");
+        println!("Machine: {}\n", bench::machine());
+        println!(
+            "{}",
+            bench::load_http::run(&ours, &fortio, args.load_rounds).await?
+        );
+        println!(
+            "{}",
+            bench::load_grpc::run(&ours, &ghz, args.load_rounds).await?
+        );
+        return Ok(());
+    }
     if args.abn {
         let settings = bench::abn::AbnSettings {
             ours,

@@ -280,14 +280,14 @@ impl GrpcOptions {
         let requests = requests(&method.input(), &self.data)?;
         let mut md = MetadataMap::new();
         for (k, v) in &self.metadata {
-            let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
-                .map_err(|_| invalid("metadata", format!("{k:?} is not a header name")))?;
-            if k.ends_with("-bin") {
+            if k.to_ascii_lowercase().ends_with("-bin") {
                 return Err(invalid(
                     "metadata",
                     format!("{k:?}: binary metadata is not supported"),
                 ));
             }
+            let key = MetadataKey::from_bytes(k.to_ascii_lowercase().as_bytes())
+                .map_err(|_| invalid("metadata", format!("{k:?} is not a header name")))?;
             let val = MetadataValue::try_from(v.as_str())
                 .map_err(|_| invalid("metadata", format!("{k}: {v:?} is not a header value")))?;
             md.append(key, val);
@@ -591,7 +591,9 @@ impl Schedule {
                 return None;
             }
             tokio::time::sleep_until(due.into()).await;
-        } else if self.end.is_some_and(|end| Instant::now() >= end) {
+        }
+        // A run that fell behind its rate still ends on time.
+        if self.end.is_some_and(|end| Instant::now() >= end) {
             return None;
         }
         Some(i)

@@ -119,6 +119,9 @@ pub struct HttpOptions {
     pub percentiles: Vec<f64>,
     /// Count failed warm-up calls of a duration run instead of stopping the run.
     pub allow_initial_errors: bool,
+    /// Fortio's `-r`: the unit of the latency buckets in seconds (default 1 ms). The buckets
+    /// end at 100 000 units; a finer unit resolves sub-millisecond latencies.
+    pub resolution: f64,
 }
 
 impl Default for HttpOptions {
@@ -136,6 +139,7 @@ impl Default for HttpOptions {
             error_ranges: vec![(Some(400), None)],
             percentiles: DEFAULT_PERCENTILES.to_vec(),
             allow_initial_errors: false,
+            resolution: fortio::DURATION_RESOLUTION,
         }
     }
 }
@@ -158,6 +162,12 @@ impl HttpOptions {
         }
         if self.num_requests.is_none() && self.duration == Some(Duration::ZERO) {
             return Err(bad("duration must be longer than 0"));
+        }
+        if !(self.resolution.is_finite() && self.resolution > 0.0) {
+            return Err(bad(format!(
+                "resolution must be a number of seconds above 0, got {}",
+                self.resolution
+            )));
         }
         if self.timeout.is_zero() {
             return Err(bad("timeout must be longer than 0"));
@@ -310,14 +320,22 @@ impl Drop for Conn {
 
 /// Resolves, connects (TLS when https) and hands the connection to hyper.
 async fn open(target: &Target, tls: Option<&TlsConnector>) -> Result<(Conn, SocketAddr), String> {
-    let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
+    let addrs = tokio::net::lookup_host((target.host.as_str(), target.port))
         .await
-        .map_err(|e| format!("resolving {}: {e}", target.host))?
-        .next()
-        .ok_or_else(|| format!("{} resolves to no address", target.host))?;
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        .map_err(|e| format!("resolving {}: {e}", target.host))?;
+    // Each address in turn, as Go's dialer does ("localhost" may be ::1 and 127.0.0.1).
+    let mut failed = format!("{} resolves to no address", target.host);
+    let mut connected = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(tcp) => {
+                connected = Some((tcp, addr));
+                break;
+            }
+            Err(e) => failed = format!("connecting to {addr}: {e}"),
+        }
+    }
+    let (tcp, addr) = connected.ok_or(failed)?;
     // Go's default, which Fortio keeps: small requests go out at once.
     let _ = tcp.set_nodelay(true);
     let handshake_err = |e: hyper::Error| format!("HTTP handshake with {addr}: {e}");
@@ -455,17 +473,17 @@ struct Stats {
 }
 
 impl Stats {
-    fn new() -> Result<Stats, LoadError> {
+    fn new(resolution: f64) -> Result<Stats, LoadError> {
         Ok(Stats {
-            durations: fortio::Histogram::durations(),
-            error_durations: fortio::Histogram::durations(),
+            durations: fortio::Histogram::new(0.0, resolution),
+            error_durations: fortio::Histogram::new(0.0, resolution),
             latency_us: new_hdr()?,
             ret_codes: BTreeMap::new(),
             errors: 0,
             // Fortio's size histograms: 100-byte and 5-byte buckets.
             sizes: fortio::Histogram::new(0.0, 100.0),
             header_sizes: fortio::Histogram::new(0.0, 5.0),
-            connect_times: fortio::Histogram::durations(),
+            connect_times: fortio::Histogram::new(0.0, resolution),
             sockets: 0,
             ip_counts: BTreeMap::new(),
             behind_schedule: 0,
@@ -491,10 +509,11 @@ struct Worker {
 
 impl Worker {
     fn new(shared: Arc<Shared>) -> Result<Worker, LoadError> {
+        let stats = Stats::new(shared.opts.resolution)?;
         Ok(Worker {
             shared,
             conn: None,
-            stats: Stats::new()?,
+            stats,
         })
     }
 
@@ -639,7 +658,13 @@ impl Worker {
                 let n = calls.unwrap_or(u64::MAX);
                 // Spreads n calls so that the last one is due at n / per_qps (Fortio).
                 let target = (i as f64 + i as f64 / (n - 1) as f64) / per_qps;
-                let due = start + Duration::from_secs_f64(target);
+                // A rate so low that the due time is beyond what an Instant holds: stop.
+                let Some(due) = Duration::try_from_secs_f64(target)
+                    .ok()
+                    .and_then(|d| start.checked_add(d))
+                else {
+                    break;
+                };
                 if due > Instant::now() {
                     tokio::time::sleep_until(due.into()).await;
                 } else {
@@ -747,7 +772,7 @@ pub async fn run(opts: &HttpOptions) -> Result<HttpRun, LoadError> {
     }
     let elapsed = start.elapsed();
 
-    let mut total = Stats::new()?;
+    let mut total = Stats::new(opts.resolution)?;
     let mut sockets = Vec::with_capacity(threads);
     for w in done {
         let s = w.stats;
@@ -795,6 +820,7 @@ pub async fn run(opts: &HttpOptions) -> Result<HttpRun, LoadError> {
         sockets,
         ip_counts: total.ip_counts,
         percentiles: opts.percentiles.clone(),
+        resolution: opts.resolution,
         timeout: opts.timeout,
         content_type: opts.content_type.clone().unwrap_or_default(),
         payload: shared.body.clone(),
@@ -841,6 +867,7 @@ pub struct HttpRun {
     /// Connections opened by remote address.
     pub ip_counts: BTreeMap<String, u64>,
     percentiles: Vec<f64>,
+    resolution: f64,
     timeout: Duration,
     content_type: String,
     payload: Bytes,
@@ -909,7 +936,7 @@ impl HttpRun {
             http_req_timeout: i64::try_from(self.timeout.as_nanos()).unwrap_or(i64::MAX),
             content_type: self.content_type.clone(),
             payload,
-            resolution: fortio::DURATION_RESOLUTION,
+            resolution: self.resolution,
             sizes: Some(self.sizes.export()),
             header_sizes: Some(self.header_sizes.export()),
             sockets: Some(self.sockets.iter().map(|&n| n as i64).collect()),
@@ -1082,6 +1109,7 @@ mod tests {
         assert!(err(opts(|o| o.connections = 0)).contains("connections"));
         assert!(err(opts(|o| o.num_requests = Some(0))).contains("numRequests"));
         assert!(err(opts(|o| o.timeout = Duration::ZERO)).contains("timeout"));
+        assert!(err(opts(|o| o.resolution = 0.0)).contains("resolution"));
         assert!(err(opts(|o| o.percentiles = vec![100.0])).contains("percentile"));
         assert!(err(opts(|o| o.error_ranges = vec![(None, None)])).contains("error range"));
         assert!(err(opts(|o| o.error_ranges = vec![(Some(500), Some(400))])).contains("above"));

@@ -21,7 +21,7 @@ pub struct ExperimentResult {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub revision: i64,
     /// RFC 3339 with nanoseconds; `""` when unknown (as Helm's time type marshals zero).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub start_time: String,
     #[serde(default)]
     pub num_completed_tasks: i64,
@@ -44,7 +44,7 @@ pub struct Insights {
     pub num_versions: i64,
     #[serde(default)]
     pub version_names: Option<Vec<Value>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub task_data: TaskData,
 }
 
@@ -57,6 +57,30 @@ pub struct TaskData {
     pub grpc: Option<BTreeMap<String, Value>>,
 }
 
+/// v1.1 accepted `null` for these (Go's zero values); so do we.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 fn is_zero(x: &i64) -> bool {
     *x == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nulls_read_as_v1_1_read_them() {
+        let r: ExperimentResult = serde_json::from_str(
+            r#"{"startTime": null, "numCompletedTasks": 1, "insights": {"taskData": null}}"#,
+        )
+        .expect("v1.1 accepted it");
+        assert_eq!(r.start_time, "");
+        assert_eq!(r.insights.expect("insights").task_data, TaskData::default());
+    }
 }

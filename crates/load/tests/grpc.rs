@@ -294,6 +294,45 @@ async fn deadlines_count_as_deadline_exceeded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_behind_its_rate_still_ends_on_time() {
+    let server = serve().await;
+    // 100 calls/s asked, 2 workers whose calls each take the 300 ms timeout: far behind.
+    let opts = GrpcOptions {
+        data: infer_request("slow"),
+        rps: 100.0,
+        duration: Some(Duration::from_secs(1)),
+        concurrency: 2,
+        timeout: Duration::from_millis(300),
+        ..options(server.addr)
+    };
+    let run = grpc::run(&opts).await.expect("run");
+    assert!(
+        run.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        run.elapsed()
+    );
+    assert!((2..=8).contains(&run.count()), "{}", run.count());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protoset_works_as_the_proto() {
+    use prost::Message;
+    let server = serve().await;
+    let set = protox::compile([kserve_proto()], [fixtures()]).expect("KServe proto");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpc-load-kserve.protoset");
+    std::fs::write(&path, set.encode_to_vec()).expect("write");
+    let opts = GrpcOptions {
+        proto_files: vec![],
+        protoset: Some(path),
+        total: Some(10),
+        ..options(server.addr)
+    };
+    let run = grpc::run(&opts).await.expect("run");
+    assert_eq!(run.ok(), 10, "{:?}", run.error_messages());
+    assert!(!run.report().options.protoset.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_host_counts_unavailable() {
     // A port that was just free: nothing listens there.
     let addr = {
@@ -487,6 +526,14 @@ async fn invalid_options_are_clear_errors() {
         },
         "metadata",
     );
+    let msg = option(
+        GrpcOptions {
+            metadata: vec![("trace-bin".into(), "AAEC".into())],
+            ..good.clone()
+        },
+        "metadata",
+    );
+    assert!(msg.contains("binary metadata"), "{msg}");
     // run() refuses them the same way, before sending anything.
     let e = grpc::run(&GrpcOptions {
         rps: -1.0,

@@ -459,6 +459,27 @@ fn numbers_as_f64(v: Value) -> Value {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finer_resolution_gives_finer_buckets() {
+    let server = Server::start().await;
+    let mut o = options(server.url("/slow?ms=2"));
+    o.qps = 0.0;
+    o.num_requests = Some(10);
+    o.resolution = 0.0001;
+    let r = http::run(&o).await.expect("run").fortio_results();
+    assert_eq!(r.resolution, 0.0001);
+    let data = r.duration_histogram.data.expect("buckets");
+    // 2 ms and a little: Fortio's edges times 0.1 ms (20 → 2 ms, 25 → 2.5 ms, ...).
+    let edges: Vec<f64> = fortio::BUCKET_VALUES
+        .iter()
+        .map(|&v| 0.0001 * f64::from(v))
+        .collect();
+    for b in &data[1..] {
+        assert!(edges.contains(&b.start), "{}", b.start);
+    }
+    assert!(data[0].end <= 0.01, "{data:?}");
+}
+
 #[test]
 fn fixture_reads_with_the_same_reader() {
     let v = fixture();
@@ -554,6 +575,12 @@ async fn payloads_are_fetched_with_limits() {
         .await
         .expect("fetch");
     assert_eq!(got, PAYLOAD);
+    // "localhost" may resolve to ::1 first: the next address is tried.
+    let local = format!("http://localhost:{}/payload", server.addr.port());
+    assert_eq!(
+        http::fetch_payload(&local).await.expect("localhost"),
+        PAYLOAD
+    );
     let got = http::fetch_payload(&server.url("/redirect"))
         .await
         .expect("redirect");
