@@ -71,6 +71,10 @@ struct HttpArgs {
     /// Header `NAME: VALUE` (repeatable).
     #[arg(long = "header", short = 'H')]
     headers: Vec<String>,
+    /// Unit of the latency buckets in seconds (Fortio's -r; default 0.001). Finer resolves
+    /// sub-millisecond latencies.
+    #[arg(long)]
+    resolution: Option<f64>,
     #[command(flatten)]
     common: Common,
 }
@@ -163,6 +167,9 @@ pub async fn run(args: LoadArgs) -> Result<()> {
             }
             if let Some(t) = a.content_type {
                 with["contentType"] = json!(t);
+            }
+            if let Some(r) = a.resolution {
+                with["resolution"] = json!(r);
             }
             ("http", with, a.common)
         }

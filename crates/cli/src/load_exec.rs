@@ -35,6 +35,7 @@ struct HttpTask {
     #[serde(default)]
     percentiles: Vec<f64>,
     timeout: Option<String>,
+    resolution: Option<f64>,
     #[serde(default)]
     allow_initial_errors: bool,
     #[serde(default)]
@@ -91,6 +92,9 @@ pub async fn http(with: &Value, slos: &BTreeMap<String, f64>) -> Result<(Value, 
         }
     }
     opts.allow_initial_errors = t.allow_initial_errors;
+    if let Some(r) = t.resolution {
+        opts.resolution = r;
+    }
     let _ = (t.warmup, &t.slos);
     opts.validate()?;
     let run = http::run(&opts).await?;
