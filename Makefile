@@ -37,7 +37,8 @@ bench-abn: setup-original
 	target/release/bench --abn
 
 ## The load generators against Fortio and ghz (see BENCHMARKS.md).
-bench-load: setup-original
+bench-load:
+	testenv/setup.sh --with-load-bench
 	$(CARGO) build --release -p iter8 -p bench
 	target/release/bench --load
 

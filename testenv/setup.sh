@@ -13,20 +13,22 @@
 # Usage: testenv/setup.sh            build what is missing, print what is where
 #        testenv/setup.sh --check    only report; exit 1 naming what is missing
 #        testenv/setup.sh --with-original   also the original Iter8 controller
-#                                    (ITER8_ORIGINAL_VERSION) the benchmark compares against,
-#                                    and the load generators it ran (Fortio, ghz);
+#                                    (ITER8_ORIGINAL_VERSION) the benchmark compares against;
 #                                    combines with --check. Built only on demand.
+#        testenv/setup.sh --with-load-bench   also the load generators v1.1 ran (Fortio,
+#                                    ghz), for `bench --load` only (no test uses them).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
 cache=${ITER8RS_CACHE:-$HOME/.cache/iter8rs}
-mode=build with_original=
+mode=build with_original= with_load_bench=
 for arg in "$@"; do
   case $arg in
     --check) mode=--check ;;
     --with-original) with_original=1 ;;
+    --with-load-bench) with_load_bench=1 ;;
     *) echo "testenv/setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -208,6 +210,8 @@ abn_py_key=$(cat "$here"/../samples/abn-frontend/{requirements.txt,frontend.py} 
 component abn-py "$cache/abn-py-$abn_py_key" "bin/abn-frontend frontend.py gen/abn_pb2.py gen/abn_pb2_grpc.py venv/bin/python3" build_abn_py
 if [ -n "$with_original" ]; then
   component iter8-original "$cache/iter8-original-$ITER8_ORIGINAL_VERSION" "bin/iter8" build_iter8_original
+fi
+if [ -n "$with_load_bench" ]; then
   component fortio "$cache/fortio-$FORTIO_VERSION" "bin/fortio" build_fortio
   component ghz "$cache/ghz-$GHZ_VERSION" "bin/ghz" build_ghz
 fi

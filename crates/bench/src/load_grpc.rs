@@ -45,13 +45,13 @@ const FIXED_RPS: f64 = 1000.0;
 const FIXED_TOTAL: u64 = 10_000;
 const MAX_RATE_FOR: Duration = Duration::from_secs(10);
 
-/// The ghz binary built by `testenv/setup.sh --with-original`.
+/// The ghz binary built by `testenv/setup.sh --with-load-bench`.
 pub fn ghz_binary() -> Result<PathBuf> {
     let v = testenv::tools::version("GHZ_VERSION");
     let path = testenv::tools::cache_dir().join(format!("ghz-{v}/bin/ghz"));
     if !path.is_file() {
         bail!(
-            "ghz {v} is not built ({} is missing); run `testenv/setup.sh --with-original`",
+            "ghz {v} is not built ({} is missing); run `testenv/setup.sh --with-load-bench`",
             path.display()
         );
     }

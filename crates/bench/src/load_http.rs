@@ -31,13 +31,13 @@ const QPS_TOLERANCE: f64 = 0.02;
 const FINE_RESOLUTION: f64 = 0.00001;
 const DEFAULT_RESOLUTION: f64 = 0.001;
 
-/// The Fortio binary built by `testenv/setup.sh --with-original`.
+/// The Fortio binary built by `testenv/setup.sh --with-load-bench`.
 pub fn fortio_binary() -> Result<PathBuf> {
     let v = testenv::tools::version("FORTIO_VERSION");
     let path = testenv::tools::cache_dir().join(format!("fortio-{v}/bin/fortio"));
     if !path.is_file() {
         bail!(
-            "Fortio {v} is not built ({} is missing); run `testenv/setup.sh --with-original`",
+            "Fortio {v} is not built ({} is missing); run `testenv/setup.sh --with-load-bench`",
             path.display()
         );
     }
