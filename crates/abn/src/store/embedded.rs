@@ -976,14 +976,6 @@ impl<'t> Tables<'t> {
     }
 }
 
-/// At most 100 characters of `s`, for error messages.
-fn short(s: &str) -> String {
-    match s.char_indices().nth(100) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};

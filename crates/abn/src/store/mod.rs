@@ -265,6 +265,14 @@ impl Store {
     }
 }
 
+/// At most 100 characters of `s`, for error messages (names can be long).
+fn short(s: &str) -> String {
+    match s.char_indices().nth(100) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -473,13 +473,6 @@ fn served_value(served: &Served) -> String {
     format!("{}:{}", served.version, served.signature)
 }
 
-fn short(s: &str) -> String {
-    match s.char_indices().nth(100) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
