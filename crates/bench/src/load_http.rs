@@ -209,7 +209,10 @@ fn cli_run(
     cmd.args(["-c", "1"])
         .arg(ours)
         .args(["load", "http", "--url", url, "--qps"])
-        .arg(s.qps().to_string())
+        .arg(match s {
+            Scenario::Max => "max".to_string(),
+            Scenario::Fixed => s.qps().to_string(),
+        })
         .args(["--connections", &CONNECTIONS.to_string()])
         .args(["--duration", &format!("{SECONDS}s"), "--output"])
         .arg(out);

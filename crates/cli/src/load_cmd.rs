@@ -44,9 +44,9 @@ struct HttpArgs {
     /// URL to send requests to.
     #[arg(long)]
     url: String,
-    /// Requests per second over all connections; 0: as fast as possible.
-    #[arg(long, default_value_t = 8.0)]
-    qps: f64,
+    /// Requests per second over all connections, or `max` for as many as the target takes.
+    #[arg(long, default_value = "8")]
+    qps: String,
     /// Parallel connections.
     #[arg(long, short = 'c', default_value_t = 4)]
     connections: usize,
@@ -121,6 +121,23 @@ struct GrpcArgs {
     common: Common,
 }
 
+/// `qps`: a number greater than 0, or `max` (sent on as 0, the generator's "no pacing").
+/// A 0 or a negative rate is refused: it is more likely a mistake than a wish for max rate.
+pub fn parse_qps(v: &Value) -> Result<f64> {
+    let q = match v {
+        Value::String(s) if s.trim().eq_ignore_ascii_case("max") => return Ok(0.0),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        Value::Number(n) => n.as_f64(),
+        _ => None,
+    };
+    match q {
+        Some(q) if q.is_finite() && q > 0.0 => Ok(q),
+        _ => bail!(
+            "qps {v} is not a rate: give a number of requests per second greater than 0, or max"
+        ),
+    }
+}
+
 fn parse_slo(s: &str) -> Result<(String, f64), String> {
     let (k, v) = s
         .split_once('=')
@@ -147,7 +164,7 @@ pub async fn run(args: LoadArgs) -> Result<()> {
     let (task, with, common) = match args.command {
         LoadCommand::Http(a) => {
             let mut with = json!({
-                "url": a.url, "qps": a.qps, "connections": a.connections,
+                "url": a.url, "qps": a.qps.trim(), "connections": a.connections,
                 "headers": header_pairs(&a.headers, "header")?,
             });
             if let Some(n) = a.num_requests {

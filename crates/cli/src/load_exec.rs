@@ -19,7 +19,7 @@ use crate::load_cmd::duration;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct HttpTask {
     url: String,
-    qps: Option<f64>,
+    qps: Option<Value>,
     num_requests: Option<u64>,
     duration: Option<String>,
     connections: Option<usize>,
@@ -58,8 +58,8 @@ pub async fn http(with: &Value, slos: &BTreeMap<String, f64>) -> Result<(Value, 
         url: t.url.clone(),
         ..Default::default()
     };
-    if let Some(q) = t.qps {
-        opts.qps = q;
+    if let Some(q) = &t.qps {
+        opts.qps = crate::load_cmd::parse_qps(q)?;
     }
     if let Some(c) = t.connections {
         opts.connections = c;
@@ -98,6 +98,17 @@ pub async fn http(with: &Value, slos: &BTreeMap<String, f64>) -> Result<(Value, 
     let _ = (t.warmup, &t.slos);
     opts.validate()?;
     let run = http::run(&opts).await?;
+    // Nothing answered at all (every call a socket error, Fortio's -1): the target is
+    // unreachable, which is an error, not a measurement.
+    if run.requests > 0 && run.ret_codes.keys().all(|&c| c == -1) {
+        bail!(
+            "no request reached {}: {}",
+            opts.url,
+            run.first_error
+                .clone()
+                .unwrap_or_else(|| "no answer".to_string())
+        );
+    }
     Ok((run.fortio_json(), run.measured()))
 }
 
@@ -182,5 +193,11 @@ pub async fn grpc(with: &Value, _slos: &BTreeMap<String, f64>) -> Result<(Value,
     let _ = (t.warmup, &t.slos, Duration::ZERO);
     opts.validate()?;
     let run = grpc::run(&opts).await?;
+    // Every call Unavailable: the server is unreachable, an error rather than a measurement.
+    let codes = run.status_codes();
+    if run.count() > 0 && codes.keys().all(|c| c == "Unavailable") {
+        let why = run.error_messages().into_keys().next().unwrap_or_default();
+        bail!("no call reached {}: {why}", opts.host);
+    }
     Ok((run.ghz_json(), run.measured()))
 }
