@@ -5,9 +5,10 @@
 //!
 //! - an HTTP test through the ingress with `traffic: test` reaches the candidate only: the
 //!   candidate's MLServer counts exactly the test's requests (warm-up included), the primary's
-//!   none; the stored result (`/httpDashboard`) counts the same requests, all 200;
-//! - a gRPC test (KServe v2 `ModelInfer`, the proto given by path) of the candidate's model
-//!   server: its own gRPC counter and `/grpcDashboard` agree;
+//!   none; the stored result (`/httpDashboard`) counts the same requests, all 200; without the
+//!   header, the primary's turn;
+//! - a gRPC test (KServe v2 `ModelInfer`, the proto given by path) with one endpoint per
+//!   version's model server: each server's own gRPC counter and `/grpcDashboard` agree;
 //! - an objective that cannot hold fails the Job (exit status 1) and marks the result failed.
 //!
 //! gRPC goes to the version's model server, not through the ingress: the release chart's KServe
@@ -218,35 +219,73 @@ async fn http_and_grpc_tests_reach_the_candidate_and_their_stored_results_match_
         "the primary's own count"
     );
 
-    // gRPC (KServe v2 ModelInfer) of the candidate's model server.
-    let grpc_before = counter(&candidate, "grpc_server_handled_total", &["ModelInfer"]);
+    // The same through the ingress without the header: the primary's turn.
+    let (candidate_before, primary_before) =
+        (rest(&candidate, "wisdom-1"), rest(&primary, "wisdom-0"));
+    let mut primary_values = http_values.clone();
+    primary_values["tasks"] = json!(["http"]);
+    primary_values["http"]["headers"] = json!({"Host": format!("wisdom.{ns}")});
+    primary_values["http"]
+        .as_object_mut()
+        .unwrap()
+        .remove("warmupNumRequests");
+    let (ok, out) = run_test_chart(cp, &ns, "wisdom-primary", &primary_values).await;
+    assert!(ok, "the HTTP test of the primary failed:\n{out}");
+    let d = dashboard(&iter8, "http", &ns, "wisdom-primary").await;
+    let e = d["Endpoints"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .clone();
+    assert_eq!(e["Return codes"], json!({"200": requests}), "{d}");
+    assert_eq!(rest(&primary, "wisdom-0") - primary_before, requests as f64);
+    assert_eq!(rest(&candidate, "wisdom-1") - candidate_before, 0.0);
+
+    // gRPC (KServe v2 ModelInfer) of each version's model server, one endpoint each.
+    let grpc_count =
+        |p: &ModelServerPorts| counter(p, "grpc_server_handled_total", &["ModelInfer"]);
+    let (grpc_before, grpc_primary_before) = (grpc_count(&candidate), grpc_count(&primary));
     let total = 30;
+    let data = |model: &str| {
+        json!({
+            "model_name": model,
+            "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [1, 4],
+                        "contents": {"fp32_contents": [6.8, 2.8, 4.8, 1.4]}}]
+        })
+    };
     let grpc_values = json!({
         "metricsServerURL": metrics_server,
         "tasks": ["grpc"],
         "grpc": {
-            "host": format!("{}:{}", candidate.ip, candidate.grpc),
             "call": "inference.GRPCInferenceService.ModelInfer",
             "proto": kserve_proto(),
-            "data": {
-                "model_name": "wisdom-1",
-                "inputs": [{"name": "input-0", "datatype": "FP32", "shape": [1, 4],
-                            "contents": {"fp32_contents": [6.8, 2.8, 4.8, 1.4]}}]
-            },
             "total": total, "concurrency": 2, "rps": 20,
-            "slos": {"error-count": 0}
+            "slos": {"error-count": 0},
+            "endpoints": {
+                "wisdom-0": {"host": format!("{}:{}", primary.ip, primary.grpc), "data": data("wisdom-0")},
+                "wisdom-1": {"host": format!("{}:{}", candidate.ip, candidate.grpc), "data": data("wisdom-1")}
+            }
         }
     });
     let (ok, out) = run_test_chart(cp, &ns, "wisdom-grpc", &grpc_values).await;
     assert!(ok, "the gRPC test failed:\n{out}");
     let d = dashboard(&iter8, "grpc", &ns, "wisdom-grpc").await;
-    let e = d["Endpoints"]["inference.GRPCInferenceService.ModelInfer"].clone();
-    assert_eq!(e["Status codes"], json!({"OK": total}), "{d}");
-    assert_eq!(e["Statistics"]["Count"], json!(total), "{d}");
+    for version in ["wisdom-0", "wisdom-1"] {
+        let e = &d["Endpoints"][version];
+        assert_eq!(e["Status codes"], json!({"OK": total}), "{version}: {d}");
+        assert_eq!(e["Statistics"]["Count"], json!(total), "{version}: {d}");
+    }
     assert_eq!(
-        counter(&candidate, "grpc_server_handled_total", &["ModelInfer"]) - grpc_before,
+        grpc_count(&candidate) - grpc_before,
         total as f64,
         "the candidate's own gRPC count"
+    );
+    assert_eq!(
+        grpc_count(&primary) - grpc_primary_before,
+        total as f64,
+        "the primary's own gRPC count"
     );
 
     // An objective that cannot hold fails the Job, and the stored result says so.
@@ -264,7 +303,12 @@ async fn http_and_grpc_tests_reach_the_candidate_and_their_stored_results_match_
     let d = dashboard(&iter8, "http", &ns, "wisdom-strict").await;
     assert_eq!(d["ExperimentResult"]["Failure"], json!(true), "{d}");
 
-    for r in ["wisdom-test", "wisdom-grpc", "wisdom-strict"] {
+    for r in [
+        "wisdom-test",
+        "wisdom-primary",
+        "wisdom-grpc",
+        "wisdom-strict",
+    ] {
         helm(cp, &ns, &["delete", r], None);
     }
     dp.stop_inference_service(&ns, "wisdom-0").await.unwrap();
