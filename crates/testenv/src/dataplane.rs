@@ -163,6 +163,8 @@ pub struct DataPlane {
     kubeconfig: String,
     tools: DataPlaneTools,
     dir: tempfile::TempDir,
+    /// Removes `dir` when the test process ends (the shared data plane is never dropped).
+    cleanup: Option<std::process::Child>,
 }
 
 /// Istio's VirtualService at networking.istio.io/v1, the version the harness writes the
@@ -334,6 +336,7 @@ impl DataPlane {
             kubeconfig: cp.kubeconfig().to_string(),
             tools,
             dir,
+            cleanup: None,
         };
         let ingress = dp.start_envoy(
             "istio-ingressgateway",
@@ -368,6 +371,7 @@ impl DataPlane {
         }
         dp.check_healthy()?;
         dp.dir.disable_cleanup(false);
+        dp.cleanup = crate::process::remove_on_exit(dp.dir.path());
         Ok(dp)
     }
 

@@ -70,6 +70,8 @@ pub struct ControlPlane {
     etcd_data: PathBuf,
     tools: Tools,
     dir: tempfile::TempDir,
+    /// Removes `dir` when the test process ends (the shared control plane is never dropped).
+    _cleanup: Option<std::process::Child>,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -131,6 +133,7 @@ impl ControlPlane {
             etcd_port,
             etcd_data,
             tools,
+            _cleanup: process::remove_on_exit(dir.path()),
             dir,
         };
         cp.wait_ready().await?;

@@ -129,6 +129,30 @@ impl Drop for Process {
     }
 }
 
+/// Removes `dir` when this test process ends, however it ends: a shell waits on a pipe that
+/// closes when we exit (the folders of the shared control and data planes live in statics,
+/// which are never dropped, and each holds etcd's data and logs: ~130 MB per test binary).
+/// `TESTENV_KEEP=1` keeps them for debugging. Keep the returned child for as long as `dir` is
+/// needed.
+pub fn remove_on_exit(dir: &Path) -> Option<Child> {
+    if std::env::var_os("TESTENV_KEEP").is_some() {
+        return None;
+    }
+    // A few attempts: processes killed at the same moment may still be writing into it.
+    Command::new("sh")
+        .args([
+            "-c",
+            "read _ignored; for i in 1 2 3 4 5; do rm -rf \"$1\" 2>/dev/null; [ -e \"$1\" ] || exit 0; sleep 1; done",
+            "cleanup",
+        ])
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released; the caller binds it next). Never the
 /// same port twice in one process: the kernel may hand a just-released port out again, and
 /// callers that pick several ports before binding any (MLServer's HTTP, gRPC and metrics
