@@ -30,6 +30,10 @@ enum LoadCommand {
 
 #[derive(clap::Args)]
 struct Common {
+    /// Send this many requests (calls) first, not counted in the result: connections are
+    /// open and caches warm when the measured run starts.
+    #[arg(long)]
+    warmup: Option<u64>,
     /// Objective `METRIC=LIMIT` (upper limits): error-rate, error-count, latency-mean,
     /// latency-pNN (ms). A run that misses one exits with status 1.
     #[arg(long = "slo", value_parser = parse_slo)]
@@ -219,6 +223,20 @@ pub async fn run(args: LoadArgs) -> Result<()> {
         iter8_version: ITER8_VERSION.to_string(),
         ..Default::default()
     };
+    if let Some(n) = common.warmup.filter(|&n| n > 0) {
+        let mut warm = with.clone();
+        warm["warmup"] = json!(true);
+        warm["slos"] = json!({});
+        if let Some(m) = warm.as_object_mut() {
+            m.remove("duration");
+        }
+        warm[if task == "http" {
+            "numRequests"
+        } else {
+            "total"
+        }] = json!(n);
+        task_run(task, &warm, &mut result).await?;
+    }
     let held = task_run(task, &with, &mut result).await?;
     result.num_completed_tasks = 1;
     result.failure = !held;

@@ -157,3 +157,64 @@ fn bad_grpc_input_is_named() {
         assert!(err.contains(want), "{args:?}: want {want:?} in\n{err}");
     }
 }
+
+/// A tiny HTTP server on loopback that answers every request 200 and counts them.
+fn counting_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    // One request: its head up to the blank line (GETs have no body).
+                    let mut line = String::new();
+                    let mut saw_request = false;
+                    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                        saw_request = true;
+                        if line == "\r\n" {
+                            break;
+                        }
+                        line.clear();
+                    }
+                    if !saw_request {
+                        return;
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(ok).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn warm_up_requests_are_sent_but_not_counted() {
+    let (url, served) = counting_server();
+    let out = Command::new(env!("CARGO_BIN_EXE_iter8"))
+        .args([
+            "load", "http", "--url", &url, "-n", "5", "--warmup", "3", "--qps", "max",
+        ])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = &result["insights"]["taskData"]["http"][&url];
+    assert_eq!(run["RetCodes"], serde_json::json!({"200": 5}), "{result}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 8);
+}
