@@ -75,24 +75,11 @@ impl Dashboard {
 /// A result without `insights` (or without HTTP task data) gives empty `Endpoints` and the
 /// `ExperimentResult` part, never an error: see the module documentation (fault F14).
 pub fn http(result: &ExperimentResult) -> Result<Dashboard, DashboardError> {
-    let header = experiment_result(result)?;
-    let mut endpoints = Vec::new();
-    let task_data = result
+    let data = result
         .insights
         .as_ref()
         .and_then(|i| i.task_data.http.as_ref());
-    for (endpoint, data) in task_data.into_iter().flatten() {
-        let row = http_row(data).map_err(|why| DashboardError::Endpoint {
-            task: "http",
-            endpoint: endpoint.clone(),
-            why,
-        })?;
-        endpoints.push((endpoint.clone(), row));
-    }
-    Ok(Dashboard(GoJson::Obj(vec![
-        ("Endpoints".into(), GoJson::Obj(endpoints)),
-        ("ExperimentResult".into(), header),
-    ])))
+    dashboard(result, "http", data, http_row)
 }
 
 /// The gRPC dashboard (`GET /grpcDashboard`) of `result`, built from its ghz reports
@@ -101,15 +88,28 @@ pub fn http(result: &ExperimentResult) -> Result<Dashboard, DashboardError> {
 /// A result without `insights` (or without gRPC task data) gives empty `Endpoints` and the
 /// `ExperimentResult` part, never an error: see the module documentation (fault F14).
 pub fn grpc(result: &ExperimentResult) -> Result<Dashboard, DashboardError> {
-    let header = experiment_result(result)?;
-    let mut endpoints = Vec::new();
-    let task_data = result
+    let data = result
         .insights
         .as_ref()
         .and_then(|i| i.task_data.grpc.as_ref());
-    for (endpoint, data) in task_data.into_iter().flatten() {
-        let row = grpc_row(data).map_err(|why| DashboardError::Endpoint {
-            task: "grpc",
+    dashboard(result, "grpc", data, grpc_row)
+}
+
+/// One row per endpoint of `task`'s results, then the `ExperimentResult` part.
+fn dashboard<R>(
+    result: &ExperimentResult,
+    task: &'static str,
+    data: Option<&BTreeMap<String, Value>>,
+    row: R,
+) -> Result<Dashboard, DashboardError>
+where
+    R: Fn(&Value) -> Result<GoJson, String>,
+{
+    let header = experiment_result(result)?;
+    let mut endpoints = Vec::new();
+    for (endpoint, data) in data.into_iter().flatten() {
+        let row = row(data).map_err(|why| DashboardError::Endpoint {
+            task,
             endpoint: endpoint.clone(),
             why,
         })?;
