@@ -137,9 +137,10 @@ RBAC rules, least privilege: only what the controller calls (crates/k8s).
   resources: {{ sortAlpha $resources | toJson }}
   verbs: ["create", "get", "patch", "delete"]
 {{- end }}
+{{- /* routemaps: read; analysis status ConfigMaps (<routemap>-analysis): written and deleted */}}
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -3,10 +3,14 @@ Routing templates: the text stored in the routemap under routingTemplates.<strat
 
 They are rendered twice. Helm renders them now, baking in names, hosts, ports and matches.
 The Iter8 controller renders the result later, each time the set of ready versions changes,
-as a Go template whose only input used here is `.Weights`: Weights[i] is 0 while version i is
-not ready, else its weight. The controller-time actions are produced by the "release.tmpl.*"
-helpers below and use only `{{- if gt (index .Weights i) 0 }}`, `{{ index .Weights i }}` and
-`{{- end }}`, so any Go-template engine with `{{-` trimming, if, gt and index can run them.
+as a Go template whose only inputs used here are `.Weights`: Weights[i] is 0 while version i
+is not ready, else its weight; and, only with application.analysis and strategy canary,
+`.Promoted`: true once the analysis has promoted the candidate (docs/analysis.md). The
+controller-time actions are produced by the "release.tmpl.*" helpers below and use only
+`{{- if gt (index .Weights i) 0 }}`, `{{ index .Weights i }}`, `{{- if .Promoted }}`,
+`{{- else }}` and `{{- end }}`, so any Go-template engine with `{{-` trimming, if, else, gt and
+index can run them. Without application.analysis the templates never mention `.Promoted`, so
+Iter8 v1.1's controller (whose template data has no such field) renders them as before.
 
 Arguments of every helper (dict):
   root      the chart context
@@ -26,9 +30,28 @@ Arguments of every helper (dict):
 {{ printf "{{ index .Weights %d }}" (int .) }}
 {{- end }}
 
-{{/* Controller-time: closes "release.tmpl.ifReady". */}}
+{{/* Controller-time: keep what follows only once the analysis has promoted the candidate. */}}
+{{- define "release.tmpl.ifPromoted" -}}
+{{ print "{{- if .Promoted }}" }}
+{{- end }}
+
+{{/* Controller-time: the other branch of "release.tmpl.ifPromoted". */}}
+{{- define "release.tmpl.else" -}}
+{{ print "{{- else }}" }}
+{{- end }}
+
+{{/* Controller-time: closes "release.tmpl.ifReady" and "release.tmpl.ifPromoted". */}}
 {{- define "release.tmpl.end" -}}
 {{ print "{{- end }}" }}
+{{- end }}
+
+{{/*
+"true" when the values have an application.analysis block (even an empty one: analysis with
+every default), else "". The routemap then carries it, and canary routing templates let the
+controller send all unmatched requests to the candidate once it is promoted.
+*/}}
+{{- define "release.analysis.enabled" -}}
+{{- if kindIs "map" .Values.application.analysis }}true{{ end -}}
 {{- end }}
 
 {{/* The routing template of the environment, or nothing for strategy none. */}}
@@ -168,8 +191,20 @@ spec:
     {{- include "release.istio.routeTo" (merge (dict "v" $v) $) | nindent 4 }}
   {{ include "release.tmpl.end" . }}
   {{- end }}
+  {{- if and (include "release.analysis.enabled" $root) $candidates }}
+  {{- /* once promoted, the candidate (analysis: exactly one) takes the rest too */}}
+  {{- $candidate := first $candidates }}
+  {{ include "release.tmpl.ifPromoted" . }}
+  - name: {{ include "release.routing.versionName" (merge (dict "v" $candidate) $) }}
+    {{- include "release.istio.routeTo" (merge (dict "v" $candidate) $) | nindent 4 }}
+  {{ include "release.tmpl.else" . }}
   - name: {{ include "release.routing.versionName" (merge (dict "v" $primary) $) }}
     {{- include "release.istio.routeTo" (merge (dict "v" $primary) $) | nindent 4 }}
+  {{ include "release.tmpl.end" . }}
+  {{- else }}
+  - name: {{ include "release.routing.versionName" (merge (dict "v" $primary) $) }}
+    {{- include "release.istio.routeTo" (merge (dict "v" $primary) $) | nindent 4 }}
+  {{- end }}
 {{- else if eq .strategy "mirror" }}
   {{- /* everything to the primary; a copy of a share of it to the candidate */}}
   - name: {{ $name }}
@@ -285,8 +320,19 @@ spec:
     {{- include "release.gatewayApi.backend" (merge (dict "v" $v) $) | nindent 4 }}
   {{ include "release.tmpl.end" . }}
   {{- end }}
+  {{- if and (include "release.analysis.enabled" $root) (rest .versions) }}
+  {{- /* once promoted, the candidate (analysis: exactly one) takes the rest too */}}
+  {{ include "release.tmpl.ifPromoted" . }}
+  - backendRefs:
+    {{- include "release.gatewayApi.backend" (merge (dict "v" (first (rest .versions))) $) | nindent 4 }}
+  {{ include "release.tmpl.else" . }}
   - backendRefs:
     {{- include "release.gatewayApi.backend" (merge (dict "v" $primary) $) | nindent 4 }}
+  {{ include "release.tmpl.end" . }}
+  {{- else }}
+  - backendRefs:
+    {{- include "release.gatewayApi.backend" (merge (dict "v" $primary) $) | nindent 4 }}
+  {{- end }}
 {{- else }}
   {{- /* blue-green: one rule, weighted over the ready versions */}}
   - backendRefs:

@@ -48,4 +48,82 @@ so no template runs on values that would make it fail obscurely.
     {{- fail (printf "%s.matches is required for environment %s with strategy canary: list the Gateway API HTTPRouteMatch clauses that send requests to this candidate" $field $.Values.environment) -}}
   {{- end -}}
 {{- end -}}
+{{- if include "release.analysis.enabled" . -}}
+  {{- include "release.validate.analysis" (dict "analysis" $app.analysis "strategy" $strategy "versions" $versions) -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+Checks of application.analysis (docs/analysis.md) that values.schema.json cannot express: the
+strategy and versions it needs, the order of steps, unique metric names, the metric source
+and what each source needs, min <= max. Arguments (dict): analysis, strategy, versions.
+*/}}
+{{- define "release.validate.analysis" -}}
+{{- $a := .analysis -}}
+{{- if not (has .strategy (list "blue-green" "canary")) -}}
+  {{- fail (printf "application.analysis needs application.strategy blue-green or canary (strategy is %s)" .strategy) -}}
+{{- end -}}
+{{- if ne (len .versions) 2 -}}
+  {{- fail (printf "application.analysis needs exactly two versions, the primary and one candidate (application.versions has %d)" (len .versions)) -}}
+{{- end -}}
+{{- if hasKey $a "steps" -}}
+  {{- if ne .strategy "blue-green" -}}
+    {{- fail (printf "application.analysis.steps is for strategy blue-green only (strategy is %s)" .strategy) -}}
+  {{- end -}}
+  {{- $prev := "" -}}
+  {{- range $s := $a.steps -}}
+    {{- if and (ne (toString $prev) "") (le (float64 $s) (float64 $prev)) -}}
+      {{- fail (printf "application.analysis.steps must be strictly increasing: %v follows %v" $s $prev) -}}
+    {{- end -}}
+    {{- $prev = $s -}}
+  {{- end -}}
+{{- end -}}
+{{- $prometheusUser := "" -}}
+{{- $names := dict -}}
+{{- range $i, $m := $a.metrics | default list -}}
+  {{- $field := printf "application.analysis.metrics[%d]" $i -}}
+  {{- if hasKey $names $m.name -}}
+    {{- fail (printf "%s.name %q is already the name of application.analysis.metrics[%d]" $field $m.name (get $names $m.name)) -}}
+  {{- end -}}
+  {{- $_ := set $names $m.name $i -}}
+  {{- $source := "prometheus" -}}
+  {{- if hasKey $m "source" -}}
+    {{- $source = toString $m.source -}}
+  {{- end -}}
+  {{- if not (has $source (list "prometheus" "abn")) -}}
+    {{- fail (printf "%s.source %q is unknown (one of: prometheus, abn)" $field $source) -}}
+  {{- end -}}
+  {{- if eq $source "prometheus" -}}
+    {{- if not (trim (toString ($m.query | default ""))) -}}
+      {{- fail (printf "%s.query is required for source prometheus: a PromQL query (metric %q)" $field $m.name) -}}
+    {{- end -}}
+    {{- range $k := list "statistic" "minSamples" -}}
+      {{- if hasKey $m $k -}}
+        {{- fail (printf "%s.%s is for source abn only (metric %q has source prometheus)" $field $k $m.name) -}}
+      {{- end -}}
+    {{- end -}}
+    {{- if not $prometheusUser -}}
+      {{- $prometheusUser = printf "%s has source prometheus" $field -}}
+    {{- end -}}
+  {{- else if hasKey $m "query" -}}
+    {{- fail (printf "%s.query is for source prometheus only (metric %q has source %s)" $field $m.name $source) -}}
+  {{- end -}}
+  {{- range $k := list "thresholdRange" "relativeRange" -}}
+    {{- $r := get $m $k | default dict -}}
+    {{- if and (hasKey $r "min") (hasKey $r "max") -}}
+      {{- if gt (float64 $r.min) (float64 $r.max) -}}
+        {{- fail (printf "%s.%s.min (%v) must not exceed max (%v)" $field $k $r.min $r.max) -}}
+      {{- end -}}
+    {{- end -}}
+  {{- end -}}
+{{- end -}}
+{{- if and $a.sampleSize (not $prometheusUser) -}}
+  {{- $prometheusUser = "application.analysis.sampleSize is a prometheus query" -}}
+{{- end -}}
+{{- if $prometheusUser -}}
+  {{- $prometheus := ($a.provider | default dict).prometheus | default dict -}}
+  {{- if not $prometheus.address -}}
+    {{- fail (printf "application.analysis.provider.prometheus.address is required: %s" $prometheusUser) -}}
+  {{- end -}}
+{{- end -}}
 {{- end }}

@@ -96,6 +96,7 @@ async fn handle(
         "/readyz" => readyz(controller),
         "/metrics" => (StatusCode::OK, metrics(controller, abn)),
         "/abnDashboard" => return abn_dashboard(&req, abn).await,
+        "/analysisDashboard" => return analysis_dashboard(&req, controller),
         "/testResult" => return put_test_result(req, &abn.store).await,
         "/httpDashboard" => return test_dashboard(&req, &abn.store, Task::Http).await,
         "/grpcDashboard" => return test_dashboard(&req, &abn.store, Task::Grpc).await,
@@ -122,6 +123,37 @@ fn metrics(controller: &Controller, abn: &Abn) -> String {
         }
     }
     out
+}
+
+/// `GET /analysisDashboard?namespace=NS&application=APP`: the application's analysis state
+/// (docs/analysis.md), 404 when it has none.
+fn analysis_dashboard<B>(req: &Request<B>, controller: &Controller) -> Response<Full<Bytes>> {
+    let text = |status, msg: String| response(status, "text/plain; charset=utf-8", msg.into());
+    if req.method() != hyper::Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "expected GET".into());
+    }
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let param = |k: &str| query.get(k).filter(|v| !v.is_empty());
+    let (Some(namespace), Some(application)) = (param("namespace"), param("application")) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "namespace and application are required".into(),
+        );
+    };
+    match controller.analysis_dashboard(namespace, application) {
+        Some(v) => response(
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_vec_pretty(&v).unwrap_or_default().into(),
+        ),
+        None => text(
+            StatusCode::NOT_FOUND,
+            format!("application {namespace}/{application} has no analysis"),
+        ),
+    }
 }
 
 /// `GET /abnDashboard?namespace=NS&application=APP`: errors as Iter8 v1.1 (405, 400 with

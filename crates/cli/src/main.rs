@@ -222,6 +222,15 @@ async fn run_controller(args: ControllerArgs) -> Result<()> {
         leadership.clone(),
     );
     let abn = abn::service(controller.clone(), &store_config, args.abn_seed).await;
+    match iter8_analysis::http::Http::new() {
+        Ok(http) => controller.set_analysis_sources(iter8_analysis::measure::Sources {
+            http,
+            abn: Some(abn.store.clone()),
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "analysis cannot measure: its evaluations will be errors")
+        }
+    }
     let abn_server = abn::serve(&args.abn_address, abn.service.clone()).await?;
     let admin = admin::serve(&args.admin_address, controller.clone(), Arc::new(abn)).await?;
     let stop_controller = Arc::new(Notify::new());

@@ -43,6 +43,9 @@ pub struct Weighing {
     /// Problems found in watched objects (malformed conditions, unparseable weight
     /// annotations), each naming the object. They make no version fail to render.
     pub problems: Vec<String>,
+    /// Whether the analysis promoted the candidate (version 1) to take the primary's place
+    /// (the template's `.Promoted`); never set by [`weigh`].
+    pub promoted: bool,
 }
 
 /// Computes availability, weights and signatures of every version of `routemap`

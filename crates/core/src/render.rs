@@ -11,6 +11,7 @@
 //! | `.Labels`, `.Annotations` | maps of strings |
 //! | `.Versions` | list; each has `.Resources` (list of `.GVRShort`, `.Name`, `.Namespace`, the namespace defaulted to the routemap's), `.Weight` (the declared weight, empty when not declared, as in the original), `.Signature` |
 //! | `.Weights` | effective weights, list of unsigned integers (a method in the original) |
+//! | `.Promoted` | whether the analysis promoted the candidate (version 1) to take the primary's traffic (docs/analysis.md); new here, false without analysis |
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -184,6 +185,7 @@ fn template_data(meta: &RoutemapMeta, routemap: &Routemap, weighing: &Weighing) 
         ("Annotations", strings(&meta.annotations)),
         ("Versions", TValue::from(versions)),
         ("Weights", TValue::from(weights)),
+        ("Promoted", TValue::Bool(weighing.promoted)),
     ])
 }
 

@@ -158,6 +158,10 @@ pub struct Routemap {
     /// Routing templates by name.
     #[serde(default, deserialize_with = "null_as_default")]
     pub routing_templates: BTreeMap<String, RoutingTemplate>,
+    /// The automated analysis block (docs/analysis.md), checked by the analysis crate: a
+    /// broken block must not make the routing unusable, so it is kept as written here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<serde_yaml::Value>,
 }
 
 /// Go's YAML decoding treats an explicit `null` like an absent field; so do we.

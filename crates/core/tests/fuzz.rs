@@ -341,6 +341,7 @@ fn routemap_value() -> impl Strategy<Value = Routemap> {
         Routemap {
             versions,
             routing_templates: templates.into_iter().collect(),
+            analysis: None,
         }
     })
 }
@@ -507,6 +508,7 @@ proptest! {
         let mut rm = Routemap {
             versions: vec![Version::default(), Version::default()],
             routing_templates: BTreeMap::new(),
+            analysis: None,
         };
         rm.routing_templates.insert(
             "t".to_string(),

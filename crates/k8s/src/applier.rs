@@ -6,12 +6,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::core::GroupVersion;
 use kube::Client;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::analysis::StatusRecord;
 use crate::error::{ApiFailure, Error};
 use crate::events::Recorder;
 use crate::keys::{Gvr, ObjectKey, RoutemapKey};
@@ -299,6 +301,104 @@ impl Applier {
                 e,
             )),
         }
+    }
+
+    /// Writes routemap `key`'s analysis status ConfigMap (server-side apply). With `stored`
+    /// (the status as last seen), the write is conditional on its resourceVersion, so a stale
+    /// leader can never overwrite a newer decision; without, it refuses to take over a
+    /// ConfigMap of that name it did not write. Returns the status as written.
+    pub async fn write_status(
+        &self,
+        key: &RoutemapKey,
+        routemap_uid: &str,
+        state: &iter8_analysis::State,
+        stored: Option<&StatusRecord>,
+    ) -> Result<StatusRecord, Error> {
+        self.check_leader()?;
+        let result = self
+            .write_status_once(key, routemap_uid, state, stored)
+            .await;
+        self.observe(result)
+    }
+
+    async fn write_status_once(
+        &self,
+        key: &RoutemapKey,
+        routemap_uid: &str,
+        state: &iter8_analysis::State,
+        stored: Option<&StatusRecord>,
+    ) -> Result<StatusRecord, Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &key.namespace);
+        let name = crate::analysis::status_name(&key.name);
+        let mut object = crate::analysis::status_object(key, routemap_uid, state);
+        match stored {
+            Some(s) => object["metadata"]["resourceVersion"] = json!(s.resource_version),
+            None => match api.get_opt(&name).await {
+                Ok(None) => {}
+                Ok(Some(existing))
+                    if crate::analysis::observe_status(&existing)
+                        .is_some_and(|(k, _)| &k == key) => {}
+                Ok(Some(_)) => {
+                    return Err(Error::Taken(format!(
+                        "ConfigMap {}/{name} exists and is not this routemap's analysis status; \
+                         not taking it over",
+                        key.namespace
+                    )))
+                }
+                Err(e) => {
+                    return Err(Error::api(
+                        format!("get ConfigMap {}/{name}", key.namespace),
+                        e,
+                    ))
+                }
+            },
+        }
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch(&name, &pp, &Patch::Apply(&object)).await {
+            Ok(cm) => {
+                self.metrics.apply("applied");
+                crate::analysis::observe_status(&cm)
+                    .map(|(_, rec)| rec)
+                    .ok_or_else(|| {
+                        Error::Taken(format!("ConfigMap {}/{name} lost its owner", key.namespace))
+                    })
+            }
+            Err(e) => {
+                self.metrics.apply("failed");
+                Err(Error::api(
+                    format!("apply ConfigMap {}/{name}", key.namespace),
+                    e,
+                ))
+            }
+        }
+    }
+
+    /// Deletes routemap `key`'s analysis status ConfigMap, that incarnation only (uid).
+    pub async fn delete_status(&self, key: &RoutemapKey, uid: &str) -> Result<(), Error> {
+        self.check_leader()?;
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &key.namespace);
+        let name = crate::analysis::status_name(&key.name);
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        let result = match api.delete(&name, &dp).await {
+            Ok(_) => {
+                self.metrics.deletes.inc();
+                Ok(())
+            }
+            Err(e) => match ApiFailure::of(&e) {
+                ApiFailure::NotFound | ApiFailure::Conflict => Ok(()),
+                _ => Err(Error::api(
+                    format!("delete ConfigMap {}/{name}", key.namespace),
+                    e,
+                )),
+            },
+        };
+        self.observe(result)
     }
 
     /// Reports about one subject of a routemap: publishes the note as an Event when it is

@@ -17,6 +17,10 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 
+use iter8_analysis::machine;
+use iter8_analysis::measure::{self, Sources};
+
+use crate::analysis::{self, Job, STATUS_KIND_LABEL};
 use crate::applier::{Applied, Applier, Deleted, ROUTING_LABEL};
 use crate::error::Error;
 use crate::keys::{Gvr, ObjectKey, RoutemapKey};
@@ -67,6 +71,10 @@ pub struct Controller {
     /// Backoff of work items whose last attempt failed transiently.
     retries: Mutex<HashMap<Work, Box<dyn Iterator<Item = Duration> + Send>>>,
     metrics: Arc<Metrics>,
+    /// Where the analysis measures (set by the binary; without, evaluations are errors).
+    analysis_sources: Mutex<Option<Sources>>,
+    /// Wakes the analysis loop: an analysed routemap, its versions or its status changed.
+    analysis_wake: Notify,
 }
 
 impl Controller {
@@ -94,7 +102,45 @@ impl Controller {
             sync,
             retries: Mutex::default(),
             metrics,
+            analysis_sources: Mutex::default(),
+            analysis_wake: Notify::new(),
         })
+    }
+
+    /// Where the analysis takes its measurements from.
+    pub fn set_analysis_sources(&self, sources: Sources) {
+        *self
+            .analysis_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(sources);
+        self.analysis_wake.notify_one();
+    }
+
+    /// The analysis of application `namespace/application` (its routemap `application` or
+    /// `application-routemap`) as the JSON of `GET /analysisDashboard`, if it has one.
+    pub fn analysis_dashboard(
+        &self,
+        namespace: &str,
+        application: &str,
+    ) -> Option<serde_json::Value> {
+        let st = self.lock_state();
+        [format!("{application}-routemap"), application.to_string()]
+            .into_iter()
+            .map(|name| RoutemapKey {
+                namespace: namespace.to_string(),
+                name,
+            })
+            .find_map(|key| {
+                let record = st.routemap(&key)?;
+                let Some(Ok(analysis)) = &record.analysis else {
+                    return None;
+                };
+                let Some(Ok(weighing)) = st.weigh(&key, &self.config) else {
+                    return None;
+                };
+                let state = analysis::current(st.status(&key), &weighing.signatures);
+                Some(analysis::dashboard(&key, analysis, state, &weighing))
+            })
     }
 
     /// The metrics.
@@ -214,7 +260,10 @@ impl Controller {
             self.sync.register(WatchId::Routing(gvr.clone()));
             tasks.push(tokio::spawn(self.clone().watch_routing(gvr)));
         }
+        self.sync.register(WatchId::AnalysisStatus);
+        tasks.push(tokio::spawn(self.clone().watch_statuses()));
         tasks.push(tokio::spawn(self.clone().resync_loop()));
+        tasks.push(tokio::spawn(self.clone().analysis_loop()));
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let workers: Vec<_> = (0..WORKERS)
@@ -274,8 +323,16 @@ impl Controller {
     }
 
     fn enqueue(&self, routemaps: impl IntoIterator<Item = RoutemapKey>) {
+        let mut analysed = false;
         for r in routemaps {
+            if !analysed {
+                let st = self.lock_state();
+                analysed = st.is_analysed(&r) || st.status(&r).is_some();
+            }
             self.queue.push(Work::Routemap(r));
+        }
+        if analysed {
+            self.analysis_wake.notify_one();
         }
     }
 
@@ -406,7 +463,7 @@ impl Controller {
             labels: cm.labels().clone(),
             annotations: cm.annotations().clone(),
         };
-        let record = RoutemapRecord { meta, spec };
+        let record = RoutemapRecord::new(meta, spec);
         self.lock_state()
             .upsert_routemap(key.clone(), record, &self.config);
         self.enqueue([key]);
@@ -445,6 +502,223 @@ impl Controller {
                 self.enqueue(owner_key(&o));
             }
         }
+    }
+
+    async fn watch_statuses(self: Arc<Self>) {
+        let cfg = watcher::Config::default().labels(STATUS_KIND_LABEL);
+        let me = self.clone();
+        watch::run(
+            self.api::<ConfigMap>(),
+            cfg,
+            WatchId::AnalysisStatus,
+            self.sync.clone(),
+            self.metrics.clone(),
+            move |change| me.statuses_changed(change),
+        )
+        .await;
+    }
+
+    /// An analysis status changed: its routemap's traffic may have.
+    fn statuses_changed(&self, change: Change<ConfigMap>) {
+        let changed = match change {
+            Change::Relisted(cms) => self
+                .lock_state()
+                .replace_statuses(cms.iter().filter_map(analysis::observe_status).collect()),
+            Change::Applied(cm) => match analysis::observe_status(&cm) {
+                Some((key, record)) => {
+                    if self.lock_state().upsert_status(key.clone(), record) {
+                        vec![key]
+                    } else {
+                        vec![]
+                    }
+                }
+                None => vec![],
+            },
+            Change::Deleted(cm) => match analysis::observe_status(&cm) {
+                Some((key, record)) => {
+                    self.lock_state().remove_status(&key, Some(&record.uid));
+                    vec![key]
+                }
+                None => vec![],
+            },
+        };
+        self.enqueue(changed);
+    }
+
+    // ---- analysis: the leader measures, decides and stores the state; routing follows ----
+
+    /// The leader's analysis loop: each pass brings every analysed routemap's state up to
+    /// date (readiness, deadlines, due evaluations), stores what changed and sleeps until the
+    /// next decision is due or something changes.
+    async fn analysis_loop(self: Arc<Self>) {
+        const IDLE: Duration = Duration::from_secs(30);
+        loop {
+            self.sync.wait_synced().await;
+            let wake = if self.leadership().is_leader() {
+                self.analysis_pass().await
+            } else {
+                // Leadership has no signal of its own; a standby looks again shortly.
+                Some(Instant::now() + Duration::from_secs(1))
+            };
+            let until = wake
+                .unwrap_or_else(|| Instant::now() + IDLE)
+                .min(Instant::now() + IDLE);
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = self.analysis_wake.notified() => {}
+            }
+        }
+    }
+
+    /// One pass; returns when the next one is due.
+    async fn analysis_pass(self: &Arc<Self>) -> Option<Instant> {
+        let (jobs, stale) = self.lock_state().analysis_jobs(&self.config);
+        for (key, uid) in stale {
+            match self.applier.delete_status(&key, &uid).await {
+                Ok(()) => self.lock_state().remove_status(&key, Some(&uid)),
+                Err(e) => {
+                    tracing::warn!(routemap = %key, error = %e, "failed to delete the analysis status; will retry")
+                }
+            }
+        }
+        let sources = self
+            .analysis_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let steps = jobs
+            .into_iter()
+            .map(|job| self.analysis_step(job, sources.clone()));
+        let wakes = futures::future::join_all(steps).await;
+        let now = jiff::Timestamp::now();
+        wakes.into_iter().flatten().min().map(|at| {
+            let wait = now.duration_until(at).unsigned_abs();
+            let wait = if at <= now { Duration::ZERO } else { wait };
+            Instant::now() + wait
+        })
+    }
+
+    /// One routemap's analysis: observe, evaluate if due, store and report what changed.
+    /// Returns when it next needs a look.
+    async fn analysis_step(
+        self: &Arc<Self>,
+        job: Job,
+        sources: Option<Sources>,
+    ) -> Option<jiff::Timestamp> {
+        let Job {
+            key,
+            routemap_uid,
+            analysis: a,
+            facts,
+            subject,
+            stored,
+        } = job;
+        let current = stored.as_ref().and_then(|s| s.state.as_ref().ok());
+        let (mut state, mut changes) =
+            machine::observe(current, &a, &facts, jiff::Timestamp::now());
+        let now = jiff::Timestamp::now();
+        if state.due(now) {
+            match state.phase {
+                machine::Phase::Progressing => {
+                    let verdict = match &sources {
+                        Some(sources) => measure::evaluate(&a, &subject, sources).await,
+                        None => measure::Verdict {
+                            outcome: iter8_analysis::Outcome::Error,
+                            reason: "the controller has no measurement sources".into(),
+                            metrics: vec![],
+                        },
+                    };
+                    self.metrics
+                        .analysis_evaluations
+                        .get_or_create(&vec![("outcome", verdict.outcome.to_string())])
+                        .inc();
+                    tracing::info!(routemap = %key, outcome = %verdict.outcome, reason = %verdict.reason, "analysis evaluation");
+                    let (next, more) = machine::evaluated(
+                        &state,
+                        &a,
+                        jiff::Timestamp::now(),
+                        verdict.outcome,
+                        verdict.reason,
+                        verdict.metrics,
+                    );
+                    state = next;
+                    changes.extend(more);
+                }
+                machine::Phase::AwaitingGate => {
+                    let answer = match (&a.confirm_promotion, &sources) {
+                        (Some(gate), Some(sources)) => {
+                            let payload = hook_payload(&subject, &state, "confirm-promotion");
+                            sources.http.post(&gate.url, &payload, gate.timeout).await
+                        }
+                        _ => Ok(()),
+                    };
+                    let (next, more) =
+                        machine::gate_answered(&state, &a, jiff::Timestamp::now(), answer);
+                    state = next;
+                    changes.extend(more);
+                }
+                _ => {}
+            }
+        }
+        let wake = state.wake_at(&a);
+        if current == Some(&state) {
+            return wake;
+        }
+        let written = self
+            .applier
+            .write_status(&key, &routemap_uid, &state, stored.as_ref())
+            .await;
+        match written {
+            Ok(record) => {
+                self.lock_state().upsert_status(key.clone(), record);
+                self.queue.push(Work::Routemap(key.clone()));
+            }
+            Err(Error::NotLeader) => return None,
+            Err(e) => {
+                // Nothing was decided: the next pass starts again from what is stored.
+                tracing::warn!(routemap = %key, error = %e, "failed to store the analysis state; will retry");
+                self.metrics.error("analysis");
+                return Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1));
+            }
+        }
+        let weights = match self.lock_state().weigh(&key, &self.config) {
+            Some(Ok(w)) => w.weights,
+            _ => vec![],
+        };
+        let versions: Vec<(String, u32)> = subject
+            .versions
+            .iter()
+            .zip(weights.iter().chain(std::iter::repeat(&0)))
+            .map(|(v, w)| (v.name.clone(), *w))
+            .collect();
+        self.metrics
+            .analysis(&subject.namespace, &subject.application, &state, &versions);
+        for change in changes {
+            tracing::info!(routemap = %key, reason = change.reason, "{}", change.text);
+            let note = if change.warning {
+                Note::warning(change.reason, "analysis", change.text.clone())
+            } else {
+                Note::normal(change.reason, change.text.clone())
+            };
+            self.publish(&key, &routemap_uid, vec![Report::about("analysis", note)])
+                .await;
+            if let (Some(hook), Some(sources)) = (&a.notify, &sources) {
+                let mut payload = hook_payload(&subject, &state, change.reason);
+                payload["message"] = serde_json::json!(change.text);
+                let (http, url, timeout, key) = (
+                    sources.http.clone(),
+                    hook.url.clone(),
+                    hook.timeout,
+                    key.clone(),
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = http.post(&url, &payload, timeout).await {
+                        tracing::warn!(routemap = %key, error = %e, "analysis notification failed");
+                    }
+                });
+            }
+        }
+        wake
     }
 
     // ---- work ----
@@ -559,11 +833,12 @@ impl Controller {
                 }
             }
         }
-        let (objects, owned) = {
+        let (objects, owned, status) = {
             let st = self.lock_state();
             (
                 st.snapshot(rm, &key.namespace, &self.config),
                 st.routing_owned_by(key),
+                st.status(key).cloned(),
             )
         };
         // Rendering is CPU work on user input: off the async threads, so a slow routemap
@@ -582,6 +857,8 @@ impl Controller {
                 objects: &objects,
                 owned: &owned,
                 kinds: &kinds,
+                analysis: record.analysis.as_ref(),
+                status: status.as_ref(),
             })
         })
         .await;
@@ -895,5 +1172,23 @@ fn owner_key(obj: &DynamicObject) -> Option<RoutemapKey> {
     routemap_owner(obj).map(|r| RoutemapKey {
         namespace: obj.namespace().unwrap_or_default(),
         name: r.name.clone(),
+    })
+}
+
+/// What the promotion gate and notifications receive.
+fn hook_payload(
+    subject: &iter8_analysis::measure::Subject,
+    state: &machine::State,
+    event: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "namespace": subject.namespace,
+        "application": subject.application,
+        "event": event,
+        "phase": state.phase.as_str(),
+        "step": state.step,
+        "candidate": subject.versions[1].name,
+        "primary": subject.versions[0].name,
+        "message": state.message,
     })
 }

@@ -4,6 +4,7 @@
 //! and carried out by the one [`applier`], which alone writes (routing objects, deletes,
 //! finalizer removal, [`events`]). [`lease`] decides who may write.
 
+pub mod analysis;
 pub mod applier;
 pub mod controller;
 pub mod error;

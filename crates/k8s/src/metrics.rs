@@ -1,6 +1,8 @@
 //! Prometheus metrics of the controller. Labels take a few fixed values (a category, a result,
-//! a resource type), never object names.
+//! a resource type), never object names, except the analysis metrics, which are per analysed
+//! application (users ask for them by name; there is one set per application under analysis).
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
@@ -36,6 +38,14 @@ pub struct Metrics {
     pub watched: Family<Labels, Gauge>,
     pub queue_depth: Gauge,
     pub watch_restarts: Counter,
+    /// Analysis phase per application: 1 for the current phase, 0 for the others.
+    pub analysis_phase: Family<Labels, Gauge>,
+    /// Weight per version of each analysed application.
+    pub analysis_weight: Family<Labels, Gauge>,
+    /// The last measured value per metric and version of each analysed application.
+    pub analysis_metric_value: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Evaluations by outcome.
+    pub analysis_evaluations: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,6 +65,10 @@ impl Default for Metrics {
             watched: Family::default(),
             queue_depth: Gauge::default(),
             watch_restarts: Counter::default(),
+            analysis_phase: Family::default(),
+            analysis_weight: Family::default(),
+            analysis_metric_value: Family::default(),
+            analysis_evaluations: Family::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Routemap reconciles", m.reconciles.clone());
@@ -110,6 +124,26 @@ impl Default for Metrics {
             "Watch streams that failed and restarted",
             m.watch_restarts.clone(),
         );
+        registry.register(
+            "analysis_phase",
+            "1 for the current analysis phase of an application, 0 for the others",
+            m.analysis_phase.clone(),
+        );
+        registry.register(
+            "analysis_weight",
+            "Weight of each version of an analysed application",
+            m.analysis_weight.clone(),
+        );
+        registry.register(
+            "analysis_metric_value",
+            "Last measured value of an analysis metric, per version",
+            m.analysis_metric_value.clone(),
+        );
+        registry.register(
+            "analysis_evaluations",
+            "Analysis evaluations by outcome",
+            m.analysis_evaluations.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -134,6 +168,53 @@ impl Metrics {
         self.errors
             .get_or_create(&vec![("category", category.to_string())])
             .get()
+    }
+
+    /// Shows an application's analysis: its phase, its versions' weights and the values of the
+    /// last evaluation.
+    pub fn analysis(
+        &self,
+        namespace: &str,
+        application: &str,
+        state: &iter8_analysis::State,
+        versions: &[(String, u32)],
+    ) {
+        let app = |extra: Vec<(&'static str, String)>| {
+            let mut l = vec![
+                ("namespace", namespace.to_string()),
+                ("application", application.to_string()),
+            ];
+            l.extend(extra);
+            l
+        };
+        for phase in iter8_analysis::Phase::ALL {
+            self.analysis_phase
+                .get_or_create(&app(vec![("phase", phase.as_str().to_string())]))
+                .set(i64::from(phase == state.phase));
+        }
+        for (name, weight) in versions {
+            self.analysis_weight
+                .get_or_create(&app(vec![("version", name.clone())]))
+                .set(i64::from(*weight));
+        }
+        if let Some(last) = state.history.last() {
+            for m in &last.metrics {
+                for (i, value) in [(0, m.primary), (1, m.candidate)] {
+                    let Some((name, _)) = versions.get(i) else {
+                        continue;
+                    };
+                    let labels = app(vec![("metric", m.name.clone()), ("version", name.clone())]);
+                    match value {
+                        Some(v) => {
+                            self.analysis_metric_value.get_or_create(&labels).set(v);
+                        }
+                        None => {
+                            self.analysis_metric_value.remove(&labels);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Reads a counter of `applies` (for tests and the benchmark).

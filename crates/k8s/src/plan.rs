@@ -10,6 +10,9 @@ use iter8_core::render::{check_target, render, RenderError, RoutemapMeta};
 use iter8_core::routemap::Routemap;
 use serde_json::Value;
 
+use iter8_analysis::spec::Analysis;
+
+use crate::analysis::{steer, StatusRecord};
 use crate::keys::{Gvr, ObjectKey, RoutemapKey};
 use crate::state::{RoutingObject, Snapshot};
 
@@ -116,6 +119,10 @@ pub struct Inputs<'a> {
     pub owned: &'a [(ObjectKey, RoutingObject)],
     /// Kinds of the routing types, from discovery; a type missing here is not served yet.
     pub kinds: &'a HashMap<Gvr, String>,
+    /// The routemap's analysis block, checked, if it has one.
+    pub analysis: Option<&'a Result<Analysis, String>>,
+    /// The analysis state stored for it.
+    pub status: Option<&'a StatusRecord>,
 }
 
 /// Weighs, renders and plans. Pruning happens only when every template rendered an
@@ -129,6 +136,8 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
         objects,
         owned,
         kinds,
+        analysis,
+        status,
     } = inputs;
     let mut plan = Plan::default();
 
@@ -147,7 +156,20 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
             .get(&(short.to_string(), ns.to_string(), name.to_string()))
             .cloned()
     };
-    let weighing = weigh(routemap, &key.namespace, config, &lookup);
+    let mut weighing = weigh(routemap, &key.namespace, config, &lookup);
+    steer(&mut weighing, *analysis, *status);
+    match analysis {
+        Some(Err(why)) => plan.reports.push(Report::about(
+            "analysis block",
+            Note::warning(
+                "InvalidAnalysis",
+                "analysis",
+                format!("{why}; the candidate gets no traffic until the analysis block is fixed"),
+            ),
+        )),
+        Some(Ok(_)) => plan.reports.push(Report::fine("analysis block")),
+        None => {}
+    }
     plan.reports.push(if weighing.problems.is_empty() {
         Report::fine("resources")
     } else {

@@ -9,10 +9,14 @@ use iter8_core::availability::{weigh, Observed, Weighing};
 use iter8_core::config::Config;
 use iter8_core::render::RoutemapMeta;
 use iter8_core::routemap::{Routemap, RoutemapError};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::DynamicObject;
 use kube::ResourceExt;
 use serde_json::Value;
 
+use iter8_analysis::spec::Analysis;
+
+use crate::analysis::{self as glue, Job, StatusRecord};
 use crate::keys::{Gvr, ObjectKey, RoutemapKey};
 
 /// The legacy finalizer the original controller put on every watched object.
@@ -30,6 +34,20 @@ pub struct RoutemapRecord {
     /// The parsed `strSpec`, or why the controller holds the routemap: it keeps the
     /// routing objects already applied and does not reconcile them until this changes.
     pub spec: Result<Routemap, Hold>,
+    /// Its analysis block, checked (`None` without one, or with a single version).
+    pub analysis: Option<Result<Analysis, String>>,
+}
+
+impl RoutemapRecord {
+    /// Reads a routemap's spec (and its analysis block, if it has one).
+    pub fn new(meta: RoutemapMeta, spec: Result<Routemap, Hold>) -> RoutemapRecord {
+        let analysis = spec.as_ref().ok().and_then(crate::analysis::parse_block);
+        RoutemapRecord {
+            meta,
+            spec,
+            analysis,
+        }
+    }
 }
 
 /// Why a known routemap is not reconciled.
@@ -128,11 +146,13 @@ impl RoutingObject {
 
 /// The ConfigMap ownerReference of a routing object: the routemap that owns it. The kind is
 /// compared without case: Iter8 v1.1 wrote `kind: configmap`.
-pub fn routemap_owner(
-    obj: &DynamicObject,
-) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
-    obj.owner_references()
-        .iter()
+pub fn routemap_owner(obj: &DynamicObject) -> Option<&OwnerReference> {
+    routemap_owner_ref(obj.owner_references())
+}
+
+/// The ConfigMap among `refs` (see [`routemap_owner`]).
+pub fn routemap_owner_ref(refs: &[OwnerReference]) -> Option<&OwnerReference> {
+    refs.iter()
         .find(|r| r.kind.eq_ignore_ascii_case("ConfigMap") && r.api_version == "v1")
 }
 
@@ -154,6 +174,8 @@ pub struct State {
     /// object in concurrent workers cannot both take it: the first keeps it.
     claims: HashMap<ObjectKey, RoutemapKey>,
     stuck: HashMap<ObjectKey, StuckDeletion>,
+    /// Analysis status ConfigMaps, by the routemap they belong to.
+    statuses: HashMap<RoutemapKey, StatusRecord>,
 }
 
 /// The fields of a watched object that readiness, weights and signatures read.
@@ -346,7 +368,101 @@ impl State {
                 })
                 .cloned()
         };
-        Some(Ok(weigh(rm, &key.namespace, config, &lookup)))
+        let mut weighing = weigh(rm, &key.namespace, config, &lookup);
+        glue::steer(
+            &mut weighing,
+            record.analysis.as_ref(),
+            self.statuses.get(key),
+        );
+        Some(Ok(weighing))
+    }
+
+    /// Whether routemap `key` has an analysis block.
+    pub fn is_analysed(&self, key: &RoutemapKey) -> bool {
+        self.routemaps
+            .get(key)
+            .is_some_and(|r| r.analysis.is_some())
+    }
+
+    /// Records an analysis status ConfigMap; returns whether it changed.
+    pub fn upsert_status(&mut self, key: RoutemapKey, record: StatusRecord) -> bool {
+        if self.statuses.get(&key) == Some(&record) {
+            return false;
+        }
+        self.statuses.insert(key, record);
+        true
+    }
+
+    /// Forgets an analysis status ConfigMap (only that incarnation, by uid, when given).
+    pub fn remove_status(&mut self, key: &RoutemapKey, uid: Option<&str>) {
+        if uid.is_none_or(|u| self.statuses.get(key).is_some_and(|s| s.uid == u)) {
+            self.statuses.remove(key);
+        }
+    }
+
+    /// Replaces every analysis status (after a relist); returns the routemaps whose status
+    /// changed.
+    pub fn replace_statuses(
+        &mut self,
+        fresh: Vec<(RoutemapKey, StatusRecord)>,
+    ) -> Vec<RoutemapKey> {
+        let fresh: HashMap<RoutemapKey, StatusRecord> = fresh.into_iter().collect();
+        let mut changed: Vec<RoutemapKey> = self
+            .statuses
+            .keys()
+            .filter(|k| !fresh.contains_key(*k))
+            .cloned()
+            .collect();
+        changed.extend(
+            fresh
+                .iter()
+                .filter(|(k, v)| self.statuses.get(*k) != Some(*v))
+                .map(|(k, _)| k.clone()),
+        );
+        self.statuses = fresh;
+        changed
+    }
+
+    /// The analysis status of routemap `key`, if there is one.
+    pub fn status(&self, key: &RoutemapKey) -> Option<&StatusRecord> {
+        self.statuses.get(key)
+    }
+
+    /// The work of one pass of the analysis loop: every routemap with a valid analysis block
+    /// and two versions, and the status ConfigMaps no analysis needs any more.
+    pub fn analysis_jobs(&self, config: &Config) -> (Vec<Job>, Vec<(RoutemapKey, String)>) {
+        let mut jobs = Vec::new();
+        for (key, record) in &self.routemaps {
+            let (Ok(rm), Some(Ok(analysis))) = (&record.spec, &record.analysis) else {
+                continue;
+            };
+            let Some(Ok(weighing)) = self.weigh(key, config) else {
+                continue;
+            };
+            jobs.push(Job {
+                key: key.clone(),
+                routemap_uid: record.meta.uid.clone(),
+                analysis: analysis.clone(),
+                facts: iter8_analysis::Facts {
+                    subject: weighing.signatures.clone(),
+                    candidate_ready: weighing.available.get(1).copied().unwrap_or(false),
+                },
+                subject: glue::subject(key, rm, &weighing),
+                stored: self.statuses.get(key).cloned(),
+            });
+        }
+        // A status whose routemap is gone, has no analysis or a broken spec: delete it (a
+        // broken spec keeps its status, so that fixing it resumes where it was).
+        let stale = self
+            .statuses
+            .iter()
+            .filter(|(k, _)| match self.routemaps.get(*k) {
+                None => true,
+                Some(r) => r.spec.is_ok() && r.analysis.is_none(),
+            })
+            .map(|(k, s)| (k.clone(), s.uid.clone()))
+            .collect();
+        (jobs, stale)
     }
 
     /// Every known routemap.

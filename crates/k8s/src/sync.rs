@@ -17,6 +17,8 @@ pub enum WatchId {
     Routemaps,
     /// Routing objects the controller wrote, of a routing type.
     Routing(Gvr),
+    /// Analysis status ConfigMaps.
+    AnalysisStatus,
 }
 
 impl fmt::Display for WatchId {
@@ -25,6 +27,7 @@ impl fmt::Display for WatchId {
             WatchId::Objects(g) => write!(f, "objects {g}"),
             WatchId::Routemaps => write!(f, "routemaps"),
             WatchId::Routing(g) => write!(f, "routing {g}"),
+            WatchId::AnalysisStatus => write!(f, "analysis status"),
         }
     }
 }

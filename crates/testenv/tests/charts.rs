@@ -325,9 +325,9 @@ fn controller_config_and_rbac_agree() -> Result<()> {
                 );
             }
             let writes = routing.iter().any(|r| r == resource);
-            // get: configmaps are read for routemaps anyway.
+            // ConfigMaps are read for routemaps and written for analysis states anyway.
             let verbs: &[&str] = if resource == "configmaps" {
-                &["create", "delete"]
+                &[]
             } else {
                 &["create", "get", "delete"]
             };
@@ -367,6 +367,13 @@ fn controller_config_and_rbac_agree() -> Result<()> {
             "{}",
             case.name
         );
+        for verb in ["create", "patch", "delete"] {
+            assert!(
+                granted("", "configmaps", verb),
+                "{}: analysis status ConfigMaps need {verb}",
+                case.name
+            );
+        }
         checked += 1;
     }
     assert!(checked >= 3, "only {checked} controller cases checked");

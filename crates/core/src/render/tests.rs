@@ -28,6 +28,7 @@ fn weighing(weights: &[u32]) -> Weighing {
         weights: weights.to_vec(),
         signatures: weights.iter().map(|_| String::new()).collect(),
         problems: Vec::new(),
+        promoted: false,
     }
 }
 
@@ -193,6 +194,7 @@ fn template_data() {
         weights: vec![30, 0],
         signatures: vec!["0123456789abcdef".into(), String::new()],
         problems: vec![],
+        promoted: false,
     };
     let out = render(&meta(), &rm, &w);
     assert_eq!(
@@ -414,4 +416,22 @@ fn check_target_guards() {
         assert_eq!(err.to_string(), want);
         assert_eq!(err.category(), "target");
     }
+}
+
+#[test]
+fn promoted_tells_templates_the_candidate_took_the_primarys_place() {
+    let rm = with_templates(&[(
+        "t",
+        "apiVersion: v1\nkind: VirtualService\nmetadata:\n  name: vs\nspec:\n  default: {{ if .Promoted }}candidate{{ else }}primary{{ end }}\n",
+    )]);
+    let mut w = weighing(&[1]);
+    let default_route = |w: &Weighing| {
+        render(&meta(), &rm, w)[0]
+            .result
+            .clone()
+            .map(|o| o.map(|o| o["spec"]["default"].clone()))
+    };
+    assert_eq!(default_route(&w), Ok(Some(json!("primary"))));
+    w.promoted = true;
+    assert_eq!(default_route(&w), Ok(Some(json!("candidate"))));
 }

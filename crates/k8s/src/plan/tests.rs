@@ -115,6 +115,8 @@ impl Case {
             objects: &self.objects,
             owned: &self.owned,
             kinds: &self.kinds,
+            analysis: None,
+            status: None,
         })
     }
 }

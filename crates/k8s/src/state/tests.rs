@@ -46,11 +46,11 @@ fn record(names: &[&str]) -> RoutemapRecord {
         .iter()
         .map(|n| format!("- resources: [{{gvrShort: isvc, name: {n}}}]\n"))
         .collect();
-    RoutemapRecord {
-        meta: RoutemapMeta::default(),
-        spec: routemap::parse(&format!("versions:\n{versions}"), NS, &Config::default())
+    RoutemapRecord::new(
+        RoutemapMeta::default(),
+        routemap::parse(&format!("versions:\n{versions}"), NS, &Config::default())
             .map_err(Hold::Invalid),
-    }
+    )
 }
 
 /// A routing object as the API server returns it after our apply.
@@ -133,13 +133,13 @@ fn a_relist_removes_what_is_gone_and_queues_its_readers() {
 fn a_held_routemap_indexes_nothing_but_stays_known() {
     let config = Config::default();
     let mut st = State::default();
-    let held = RoutemapRecord {
-        meta: RoutemapMeta::default(),
-        spec: Err(Hold::UnacceptedVersion {
+    let held = RoutemapRecord::new(
+        RoutemapMeta::default(),
+        Err(Hold::UnacceptedVersion {
             found: Some("v2".into()),
             accepted: vec!["v1.1".into()],
         }),
-    };
+    );
     st.upsert_routemap(rm_key("a"), held, &config);
     assert!(st
         .upsert_object(key("inferenceservices", "m-0"), &isvc("m-0", "True"))
