@@ -661,24 +661,23 @@ impl Controller {
             }
         }
         let wake = state.wake_at(&a);
-        if current == Some(&state) {
-            return wake;
-        }
-        let written = self
-            .applier
-            .write_status(&key, &routemap_uid, &state, stored.as_ref())
-            .await;
-        match written {
-            Ok(record) => {
-                self.lock_state().upsert_status(key.clone(), record);
-                self.queue.push(Work::Routemap(key.clone()));
-            }
-            Err(Error::NotLeader) => return None,
-            Err(e) => {
-                // Nothing was decided: the next pass starts again from what is stored.
-                tracing::warn!(routemap = %key, error = %e, "failed to store the analysis state; will retry");
-                self.metrics.error("analysis");
-                return Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1));
+        if current != Some(&state) {
+            let written = self
+                .applier
+                .write_status(&key, &routemap_uid, &state, stored.as_ref())
+                .await;
+            match written {
+                Ok(record) => {
+                    self.lock_state().upsert_status(key.clone(), record);
+                    self.queue.push(Work::Routemap(key.clone()));
+                }
+                Err(Error::NotLeader) => return None,
+                Err(e) => {
+                    // Nothing was decided: the next pass starts again from what is stored.
+                    tracing::warn!(routemap = %key, error = %e, "failed to store the analysis state; will retry");
+                    self.metrics.error("analysis");
+                    return Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1));
+                }
             }
         }
         let weights = match self.lock_state().weigh(&key, &self.config) {
