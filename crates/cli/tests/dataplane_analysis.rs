@@ -117,8 +117,12 @@ impl Load {
         let ingress = dp.ingress();
         let tasks = (0..CLIENTS)
             .map(|_| {
-                let (client, answers, stopped, host) =
-                    (client.clone(), answers.clone(), stopped.clone(), host.clone());
+                let (client, answers, stopped, host) = (
+                    client.clone(),
+                    answers.clone(),
+                    stopped.clone(),
+                    host.clone(),
+                );
                 tokio::spawn(async move {
                     while !*stopped.borrow() {
                         let a = infer(&client, ingress, &host, test).await;
@@ -150,7 +154,10 @@ impl Load {
 /// The candidate's weight in the VirtualService (blue-green: its destination in the `split`
 /// route; 0 when absent), or `None` while there is no VirtualService.
 fn candidate_weight(vs: &DynamicObject) -> u32 {
-    let routes = vs.data["spec"]["http"].as_array().cloned().unwrap_or_default();
+    let routes = vs.data["spec"]["http"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let split = routes.iter().find(|r| r["name"] == "split");
     let Some(split) = split else {
         // No split: only one version is routed (the one with a route of its own).
@@ -162,17 +169,16 @@ fn candidate_weight(vs: &DynamicObject) -> u32 {
         };
     };
     let dests = split["route"].as_array().cloned().unwrap_or_default();
-    let total: u64 = dests.iter().map(|d| d["weight"].as_u64().unwrap_or(100)).sum();
+    let total: u64 = dests
+        .iter()
+        .map(|d| d["weight"].as_u64().unwrap_or(100))
+        .sum();
     let candidate: u64 = dests
         .iter()
         .filter(|d| d["headers"]["request"]["set"]["branch"] == "wisdom-1")
         .map(|d| d["weight"].as_u64().unwrap_or(100))
         .sum();
-    if total == 0 {
-        0
-    } else {
-        (candidate * 100 / total) as u32
-    }
+    (candidate * 100).checked_div(total).unwrap_or(0) as u32
 }
 
 /// Records the candidate's weight in the VirtualService over time (polled every 100 ms).
@@ -263,7 +269,8 @@ async fn release(
     if let Some(share) = error_share {
         let kube = cp.client().await.unwrap();
         let api: Api<DynamicObject> = Api::namespaced_with(kube, ns, &isvc_ar());
-        let patch = json!({"metadata": {"annotations": {ERROR_SHARE_ANNOTATION: share.to_string()}}});
+        let patch =
+            json!({"metadata": {"annotations": {ERROR_SHARE_ANNOTATION: share.to_string()}}});
         api.patch("wisdom-1", &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .unwrap();
@@ -276,7 +283,15 @@ async fn release(
     r1.unwrap();
 }
 
-async fn setup(prefix: &str) -> (&'static testenv::ControlPlane, &'static DataPlane, &'static Prometheus, kube::Client, String) {
+async fn setup(
+    prefix: &str,
+) -> (
+    &'static testenv::ControlPlane,
+    &'static DataPlane,
+    &'static Prometheus,
+    kube::Client,
+    String,
+) {
     let cp = testenv::shared().unwrap_or_else(|e| panic!("{e:#}"));
     let dp: &DataPlane = dataplane::shared().unwrap_or_else(|e| panic!("{e:#}"));
     let prom = dp.prometheus().await.unwrap_or_else(|e| panic!("{e:#}"));
@@ -301,10 +316,7 @@ fn split(answers: &[Answer], from: Instant, to: Instant) -> (f64, usize) {
         .iter()
         .filter(|a| a.version.as_deref() == Some("wisdom-1"))
         .count();
-    (
-        candidate as f64 / window.len().max(1) as f64,
-        window.len(),
-    )
+    (candidate as f64 / window.len().max(1) as f64, window.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,35 +348,71 @@ async fn a_good_candidate_ramps_step_by_step_under_load_and_the_observed_split_f
     let took = t0.elapsed();
     // A little traffic at 100 % after the promotion.
     let at_full = Instant::now();
-    testenv::wait_for("answers after the promotion", Duration::from_secs(30), || {
-        let n = load.answers().iter().filter(|a| a.sent > at_full + Duration::from_secs(1)).count();
-        async move { (n >= 200).then_some(()) }
-    })
+    testenv::wait_for(
+        "answers after the promotion",
+        Duration::from_secs(30),
+        || {
+            let n = load
+                .answers()
+                .iter()
+                .filter(|a| a.sent > at_full + Duration::from_secs(1))
+                .count();
+            async move { (n >= 200).then_some(()) }
+        },
+    )
     .await
     .unwrap();
     let answers = load.stop().await;
     assert_eq!(phase(&done), "Promoted", "{done:#}");
     let history = done["history"].as_array().unwrap();
-    let outcomes: Vec<&str> = history.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
-    eprintln!("promoted after {took:?}, {} evaluations: {outcomes:?}", done["evaluations"]);
+    let outcomes: Vec<&str> = history
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    eprintln!(
+        "promoted after {took:?}, {} evaluations: {outcomes:?}",
+        done["evaluations"]
+    );
     // Every step, in order, each after `passes` passing evaluations: no step skipped; with
     // steady load nothing is inconclusive, so it takes exactly the expected evaluations.
     assert_eq!(done["evaluations"].as_u64(), Some(expected), "{done:#}");
-    let judged: Vec<u64> = history.iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    let judged: Vec<u64> = history
+        .iter()
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
     assert_eq!(judged, vec![0, 0, 1, 1, 2, 2, 3, 3], "{done:#}");
     assert!(outcomes.iter().all(|o| *o == "Pass"), "{outcomes:?}");
 
     // The VirtualService went through every step in order, then to 100 %.
     let changes = weights.changes();
     let seen: Vec<u32> = changes.iter().map(|(_, w)| *w).collect();
-    assert_eq!(seen, vec![0, 10, 25, 50, 100], "VirtualService weights over time");
+    assert_eq!(
+        seen,
+        vec![0, 10, 25, 50, 100],
+        "VirtualService weights over time"
+    );
     // The split answers saw at each step (skipping a second after each change, for Envoy to
     // get the route) is the step's weight, within 5 points.
-    let ends: Vec<Instant> = changes.iter().skip(2).map(|(t, _)| *t).chain([Instant::now()]).collect();
+    let ends: Vec<Instant> = changes
+        .iter()
+        .skip(2)
+        .map(|(t, _)| *t)
+        .chain([Instant::now()])
+        .collect();
     for ((start, w), end) in changes.iter().skip(1).zip(ends) {
-        let (share, n) = split(&answers, *start + Duration::from_secs(1), end - Duration::from_millis(200));
-        eprintln!("step {w}%: {:.1}% of {n} answers from the candidate", share * 100.0);
-        assert!(n >= 200, "step {w}%: only {n} answers to judge the split by");
+        let (share, n) = split(
+            &answers,
+            *start + Duration::from_secs(1),
+            end - Duration::from_millis(200),
+        );
+        eprintln!(
+            "step {w}%: {:.1}% of {n} answers from the candidate",
+            share * 100.0
+        );
+        assert!(
+            n >= 200,
+            "step {w}%: only {n} answers to judge the split by"
+        );
         assert!(
             (share * 100.0 - f64::from(*w)).abs() <= 5.0,
             "step {w}%: the candidate answered {:.1}% of {n} requests",
@@ -408,33 +456,55 @@ async fn a_failing_candidate_is_rolled_back_within_the_failure_limit_and_stays_r
     // Rolled back at the second failure, at the first step.
     assert_eq!(done["failures"].as_u64(), Some(2), "{done:#}");
     assert_eq!(done["step"].as_u64(), Some(0), "{done:#}");
-    assert_eq!(outcomes.iter().filter(|o| **o == "Fail").count(), 2, "{outcomes:?}");
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "Fail").count(),
+        2,
+        "{outcomes:?}"
+    );
     // Routing is back on the primary alone; once Envoy has it, no client sees an error.
-    let back = testenv::wait_for("the VirtualService to route the primary alone", Duration::from_secs(30), || {
-        let w = weights.changes();
-        async move { w.last().filter(|(_, w)| *w == 0).map(|(t, _)| *t) }
-    })
+    let back = testenv::wait_for(
+        "the VirtualService to route the primary alone",
+        Duration::from_secs(30),
+        || {
+            let w = weights.changes();
+            async move { w.last().filter(|(_, w)| *w == 0).map(|(t, _)| *t) }
+        },
+    )
     .await
     .unwrap();
     let after = back + Duration::from_secs(1);
-    testenv::wait_for("300 answers after the rollback", Duration::from_secs(60), || {
-        let n = load.answers().iter().filter(|a| a.sent > after).count();
-        async move { (n >= 300).then_some(()) }
-    })
+    testenv::wait_for(
+        "300 answers after the rollback",
+        Duration::from_secs(60),
+        || {
+            let n = load.answers().iter().filter(|a| a.sent > after).count();
+            async move { (n >= 300).then_some(()) }
+        },
+    )
     .await
     .unwrap();
     let answers = load.stop().await;
-    let during: usize = answers.iter().filter(|a| a.sent < back && a.status != 200).count();
+    let during: usize = answers
+        .iter()
+        .filter(|a| a.sent < back && a.status != 200)
+        .count();
     let late: Vec<&Answer> = answers.iter().filter(|a| a.sent > after).collect();
     eprintln!(
         "{} errors before the rollback; after it {} answers, {} errors, {} from the candidate",
         during,
         late.len(),
         late.iter().filter(|a| a.status != 200).count(),
-        late.iter().filter(|a| a.version.as_deref() == Some("wisdom-1")).count()
+        late.iter()
+            .filter(|a| a.version.as_deref() == Some("wisdom-1"))
+            .count()
     );
-    assert!(during > 0, "the faulty candidate answered errors before the rollback");
-    assert!(late.iter().all(|a| a.status == 200 && a.version.as_deref() == Some("wisdom-0")));
+    assert!(
+        during > 0,
+        "the faulty candidate answered errors before the rollback"
+    );
+    assert!(late
+        .iter()
+        .all(|a| a.status == 200 && a.version.as_deref() == Some("wisdom-0")));
     let warnings = testenv::events::wait_warning(
         &kube,
         &ns,
@@ -451,24 +521,42 @@ async fn a_failing_candidate_is_rolled_back_within_the_failure_limit_and_stays_r
     let stored = state(&kube, &ns).await.unwrap();
     drop(iter8);
     let iter8 = install_controller(cp, &ns, false, &[]).await;
-    testenv::wait_for("the new controller to report the rolled-back analysis", Duration::from_secs(30), || async {
-        let m = iter8.metrics().await;
-        m.lines()
-            .any(|l| l.starts_with("iter8_analysis_phase{") && l.contains("phase=\"RolledBack\"") && l.ends_with(" 1"))
-            .then_some(())
-    })
+    testenv::wait_for(
+        "the new controller to report the rolled-back analysis",
+        Duration::from_secs(30),
+        || async {
+            let m = iter8.metrics().await;
+            m.lines()
+                .any(|l| {
+                    l.starts_with("iter8_analysis_phase{")
+                        && l.contains("phase=\"RolledBack\"")
+                        && l.ends_with(" 1")
+                })
+                .then_some(())
+        },
+    )
     .await
     .unwrap();
     // Two more intervals of evidence that it stays so.
     let since = Instant::now();
-    testenv::wait_for("two intervals after the restart", Duration::from_secs(30), || async {
-        (since.elapsed() >= Duration::from_secs(2 * interval)).then_some(())
-    })
+    testenv::wait_for(
+        "two intervals after the restart",
+        Duration::from_secs(30),
+        || async { (since.elapsed() >= Duration::from_secs(2 * interval)).then_some(()) },
+    )
     .await
     .unwrap();
-    assert_eq!(state(&kube, &ns).await.unwrap(), stored, "the state after the restart");
+    assert_eq!(
+        state(&kube, &ns).await.unwrap(),
+        stored,
+        "the state after the restart"
+    );
     let seen: Vec<u32> = weights.changes().iter().map(|(_, w)| *w).collect();
-    assert_eq!(seen, vec![0, 20, 0], "VirtualService weights over time: no flapping");
+    assert_eq!(
+        seen,
+        vec![0, 20, 0],
+        "VirtualService weights over time: no flapping"
+    );
     drop(iter8);
     teardown(cp, dp, &ns).await;
 }
@@ -478,12 +566,20 @@ async fn without_traffic_the_analysis_holds_and_resumes_by_itself_when_load_star
     let _serial = SERIAL.lock().await;
     let (cp, dp, prom, kube, ns) = setup("analysis-quiet").await;
     let _iter8 = install_controller(cp, &ns, false, &[]).await;
-    let v = values("blue-green", &prom.address(), "interval: 2s\nsteps: [30, 100]");
+    let v = values(
+        "blue-green",
+        &prom.address(),
+        "interval: 2s\nsteps: [30, 100]",
+    );
     release(cp, dp, &ns, &v, None).await;
     // Quiet: several evaluations, all inconclusive, and the candidate keeps its first step.
-    let quiet = wait_state(&kube, &ns, Duration::from_secs(60), "three quiet evaluations", |s| {
-        s["evaluations"].as_u64().unwrap_or(0) >= 3
-    })
+    let quiet = wait_state(
+        &kube,
+        &ns,
+        Duration::from_secs(60),
+        "three quiet evaluations",
+        |s| s["evaluations"].as_u64().unwrap_or(0) >= 3,
+    )
     .await;
     assert_eq!(phase(&quiet), "Progressing", "{quiet:#}");
     assert_eq!(quiet["step"].as_u64(), Some(0), "{quiet:#}");
@@ -493,16 +589,23 @@ async fn without_traffic_the_analysis_holds_and_resumes_by_itself_when_load_star
         .iter()
         .map(|e| e["outcome"].as_str().unwrap())
         .collect();
-    assert!(outcomes.iter().all(|o| *o == "Inconclusive"), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| *o == "Inconclusive"),
+        "{outcomes:?}"
+    );
     assert!(
         quiet["message"].as_str().unwrap().contains("holding"),
         "{quiet:#}"
     );
     // Load starts: the analysis goes on by itself.
     let load = Load::start(dp, &ns, false);
-    let done = wait_state(&kube, &ns, Duration::from_secs(60), "the promotion once traffic flows", |s| {
-        phase(s) != "Progressing"
-    })
+    let done = wait_state(
+        &kube,
+        &ns,
+        Duration::from_secs(60),
+        "the promotion once traffic flows",
+        |s| phase(s) != "Progressing",
+    )
     .await;
     load.stop().await;
     assert_eq!(phase(&done), "Promoted", "{done:#}");
@@ -519,34 +622,50 @@ async fn a_canary_is_judged_on_its_header_traffic_then_promotion_sends_every_req
     // Only requests with the header reach the candidate while it is judged.
     let tests = Load::start(dp, &ns, true);
     let others = Load::start(dp, &ns, false);
-    let done = wait_state(&kube, &ns, Duration::from_secs(90), "the canary to be promoted", |s| {
-        phase(s) == "Promoted" || phase(s) == "RolledBack"
-    })
+    let done = wait_state(
+        &kube,
+        &ns,
+        Duration::from_secs(90),
+        "the canary to be promoted",
+        |s| phase(s) == "Promoted" || phase(s) == "RolledBack",
+    )
     .await;
     assert_eq!(phase(&done), "Promoted", "{done:#}");
     let promoted_at = Instant::now();
     let (tests, others) = (tests.stop().await, others.stop().await);
     let judged: Vec<&Answer> = others.iter().filter(|a| a.sent < promoted_at).collect();
     assert!(
-        judged.iter().all(|a| a.version.as_deref() == Some("wisdom-0")),
+        judged
+            .iter()
+            .all(|a| a.version.as_deref() == Some("wisdom-0")),
         "while judged, requests without the header stay on the primary"
     );
-    assert!(tests.iter().any(|a| a.version.as_deref() == Some("wisdom-1")));
+    assert!(tests
+        .iter()
+        .any(|a| a.version.as_deref() == Some("wisdom-1")));
     // After the promotion every request goes to the candidate, with or without the header.
     let client: HttpClient =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
     let host = format!("wisdom.{ns}");
-    testenv::wait_for("requests without the header to reach the candidate", Duration::from_secs(30), || async {
-        let a = infer(&client, dp.ingress(), &host, false).await;
-        (a.version.as_deref() == Some("wisdom-1")).then_some(())
-    })
+    testenv::wait_for(
+        "requests without the header to reach the candidate",
+        Duration::from_secs(30),
+        || async {
+            let a = infer(&client, dp.ingress(), &host, false).await;
+            (a.version.as_deref() == Some("wisdom-1")).then_some(())
+        },
+    )
     .await
     .unwrap();
     for test in [false, true] {
         for _ in 0..20 {
             let a = infer(&client, dp.ingress(), &host, test).await;
-            assert_eq!((a.status, a.version.as_deref()), (200, Some("wisdom-1")), "traffic: test = {test}");
+            assert_eq!(
+                (a.status, a.version.as_deref()),
+                (200, Some("wisdom-1")),
+                "traffic: test = {test}"
+            );
         }
     }
     let vs = Api::<DynamicObject>::namespaced_with(kube.clone(), &ns, &vs_ar())
@@ -554,7 +673,11 @@ async fn a_canary_is_judged_on_its_header_traffic_then_promotion_sends_every_req
         .await
         .unwrap();
     assert!(
-        !vs.data["spec"]["http"].as_array().unwrap().iter().any(|r| r["name"] == "wisdom-0"),
+        !vs.data["spec"]["http"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "wisdom-0"),
         "no route to the primary after the promotion: {:#}",
         vs.data["spec"]
     );
@@ -563,7 +686,10 @@ async fn a_canary_is_judged_on_its_header_traffic_then_promotion_sends_every_req
         .await
         .unwrap();
     assert!(
-        status.data["data"]["message"].as_str().unwrap().contains("helm upgrade"),
+        status.data["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("helm upgrade"),
         "the status says which values change finishes the promotion: {:#}",
         status.data["data"]
     );
@@ -575,28 +701,63 @@ async fn a_prometheus_outage_gives_errors_and_warnings_never_a_rollback_and_anal
     let _serial = SERIAL.lock().await;
     let (cp, dp, prom, kube, ns) = setup("analysis-outage").await;
     let iter8 = install_controller(cp, &ns, false, &[]).await;
-    let v = values("blue-green", &prom.address(), "interval: 2s\nsteps: [20, 40, 100]\npassesPerStep: 2");
+    let v = values(
+        "blue-green",
+        &prom.address(),
+        "interval: 2s\nsteps: [20, 40, 100]\npassesPerStep: 2",
+    );
     release(cp, dp, &ns, &v, None).await;
     let load = Load::start(dp, &ns, false);
-    wait_state(&kube, &ns, Duration::from_secs(60), "the first passing evaluation", |s| {
-        s["history"].as_array().is_some_and(|h| h.iter().any(|e| e["outcome"] == "Pass"))
-    })
+    wait_state(
+        &kube,
+        &ns,
+        Duration::from_secs(60),
+        "the first passing evaluation",
+        |s| {
+            s["history"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|e| e["outcome"] == "Pass"))
+        },
+    )
     .await;
     prom.stop();
-    let down = wait_state(&kube, &ns, Duration::from_secs(60), "three evaluations with errors", |s| {
-        s["errors"].as_u64().unwrap_or(0) >= 3
-    })
+    let down = wait_state(
+        &kube,
+        &ns,
+        Duration::from_secs(60),
+        "three evaluations with errors",
+        |s| s["errors"].as_u64().unwrap_or(0) >= 3,
+    )
     .await;
-    assert_eq!(phase(&down), "Progressing", "errors never roll back: {down:#}");
-    let w = testenv::events::wait_warning(&kube, &ns, "wisdom-routemap", &["AnalysisError", "Prometheus"], Duration::from_secs(30))
-        .await
-        .unwrap();
+    assert_eq!(
+        phase(&down),
+        "Progressing",
+        "errors never roll back: {down:#}"
+    );
+    let w = testenv::events::wait_warning(
+        &kube,
+        &ns,
+        "wisdom-routemap",
+        &["AnalysisError", "Prometheus"],
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     eprintln!("{w}");
-    assert!(iter8.metric("iter8_analysis_evaluations_total{outcome=\"Error\"}").await >= 3.0);
+    assert!(
+        iter8
+            .metric("iter8_analysis_evaluations_total{outcome=\"Error\"}")
+            .await
+            >= 3.0
+    );
     prom.start_again().await.unwrap();
-    let done = wait_state(&kube, &ns, Duration::from_secs(90), "the promotion after Prometheus is back", |s| {
-        phase(s) != "Progressing"
-    })
+    let done = wait_state(
+        &kube,
+        &ns,
+        Duration::from_secs(90),
+        "the promotion after Prometheus is back",
+        |s| phase(s) != "Progressing",
+    )
     .await;
     load.stop().await;
     assert_eq!(phase(&done), "Promoted", "{done:#}");
@@ -611,23 +772,48 @@ async fn a_new_leader_continues_from_the_stored_state_without_repeating_or_skipp
     // not used here); both elect a leader with the chart's Lease.
     let a = install_controller(cp, &ns, false, &[]).await;
     let b = install_controller(cp, &ns, false, &[]).await;
-    let v = values("blue-green", &prom.address(), "interval: 3s\nsteps: [10, 20, 30, 40, 100]");
+    let v = values(
+        "blue-green",
+        &prom.address(),
+        "interval: 3s\nsteps: [10, 20, 30, 40, 100]",
+    );
     release(cp, dp, &ns, &v, None).await;
     let load = Load::start(dp, &ns, false);
-    wait_state(&kube, &ns, Duration::from_secs(60), "the second step", |s| s["step"].as_u64() == Some(1)).await;
-    let (leader, standby) = if a.metric("iter8_leader").await == 1.0 { (a, b) } else { (b, a) };
+    wait_state(
+        &kube,
+        &ns,
+        Duration::from_secs(60),
+        "the second step",
+        |s| s["step"].as_u64() == Some(1),
+    )
+    .await;
+    let (leader, standby) = if a.metric("iter8_leader").await == 1.0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
     assert_eq!(standby.metric("iter8_leader").await, 0.0);
     drop(leader);
-    let done = wait_state(&kube, &ns, Duration::from_secs(120), "the promotion by the new leader", |s| {
-        phase(s) != "Progressing"
-    })
+    let done = wait_state(
+        &kube,
+        &ns,
+        Duration::from_secs(120),
+        "the promotion by the new leader",
+        |s| phase(s) != "Progressing",
+    )
     .await;
     load.stop().await;
     assert_eq!(phase(&done), "Promoted", "{done:#}");
     assert_eq!(standby.metric("iter8_leader").await, 1.0);
     let history = done["history"].as_array().unwrap();
-    let numbers: Vec<u64> = history.iter().map(|e| e["number"].as_u64().unwrap()).collect();
-    let judged: Vec<u64> = history.iter().map(|e| e["step"].as_u64().unwrap()).collect();
+    let numbers: Vec<u64> = history
+        .iter()
+        .map(|e| e["number"].as_u64().unwrap())
+        .collect();
+    let judged: Vec<u64> = history
+        .iter()
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
     // One evaluation per step, numbered without a gap or a repeat across the handover.
     assert_eq!(judged, vec![0, 1, 2, 3, 4], "{done:#}");
     assert_eq!(numbers, vec![1, 2, 3, 4, 5], "{done:#}");
@@ -640,28 +826,49 @@ async fn the_analysis_dashboard_and_metrics_show_the_state() {
     let _serial = SERIAL.lock().await;
     let (cp, dp, prom, _kube, ns) = setup("analysis-dash").await;
     let iter8 = install_controller(cp, &ns, false, &[]).await;
-    let v = values("blue-green", &prom.address(), "interval: 1h\nsteps: [40, 100]");
+    let v = values(
+        "blue-green",
+        &prom.address(),
+        "interval: 1h\nsteps: [40, 100]",
+    );
     release(cp, dp, &ns, &v, None).await;
     let path = format!("/analysisDashboard?namespace={ns}&application=wisdom");
-    let d = testenv::wait_for("the dashboard to show the first step", Duration::from_secs(30), || async {
-        let (code, body) = e2e::http_get(&iter8.admin, &path).await?;
-        let v: Value = serde_json::from_str(&body).ok()?;
-        (code == 200 && v["phase"] == "Progressing" && v["weights"] == json!([60, 40])).then_some(v)
-    })
+    let d = testenv::wait_for(
+        "the dashboard to show the first step",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = e2e::http_get(&iter8.admin, &path).await?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (code == 200 && v["phase"] == "Progressing" && v["weights"] == json!([60, 40]))
+                .then_some(v)
+        },
+    )
     .await
     .unwrap();
     assert_eq!(d["steps"], json!([40, 100]));
     assert_eq!(d["state"]["step"], json!(0));
     let labels = format!("namespace=\"{ns}\",application=\"wisdom\"");
     assert_eq!(
-        iter8.metric(&format!("iter8_analysis_phase{{{labels},phase=\"Progressing\"}}")).await,
+        iter8
+            .metric(&format!(
+                "iter8_analysis_phase{{{labels},phase=\"Progressing\"}}"
+            ))
+            .await,
         1.0
     );
     assert_eq!(
-        iter8.metric(&format!("iter8_analysis_weight{{{labels},version=\"wisdom-1\"}}")).await,
+        iter8
+            .metric(&format!(
+                "iter8_analysis_weight{{{labels},version=\"wisdom-1\"}}"
+            ))
+            .await,
         40.0
     );
-    let missing = e2e::http_get(&iter8.admin, &format!("/analysisDashboard?namespace={ns}&application=nope")).await;
+    let missing = e2e::http_get(
+        &iter8.admin,
+        &format!("/analysisDashboard?namespace={ns}&application=nope"),
+    )
+    .await;
     assert_eq!(missing.map(|(c, _)| c), Some(404));
     teardown(cp, dp, &ns).await;
 }

@@ -12,7 +12,11 @@
 //! - a second Envoy standing in for `knative-local-gateway` (Service + WorkloadEntry in
 //!   `istio-system`, Gateway `knative-serving/knative-local-gateway`);
 //! - per InferenceService revision, one MLServer whose model is named after the
-//!   InferenceService (see [`DataPlane::serve_inference_service`]).
+//!   InferenceService (see [`DataPlane::serve_inference_service`]), which fails or slows down
+//!   a share of its inference requests when the InferenceService's annotations
+//!   [`ERROR_SHARE_ANNOTATION`] and [`DELAY_MS_ANNOTATION`] ask for it;
+//! - on demand ([`DataPlane::prometheus`]), a real Prometheus scraping every model server and
+//!   both Envoys (see [`crate::prometheus`] for what they export).
 //!
 //! Backends get loopback addresses other than 127.0.0.1 and are registered with a Service
 //! plus an Istio `WorkloadEntry` (the API server refuses loopback addresses in EndpointSlices).
@@ -23,7 +27,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -39,6 +43,7 @@ use crate::http;
 use crate::kserve::{self, State};
 use crate::objects::{self, Times};
 use crate::process::{free_port, Process};
+use crate::prometheus::{self, Prometheus, ScrapeTargets};
 use crate::tools::{cache_dir, version};
 use crate::ControlPlane;
 
@@ -54,6 +59,57 @@ pub const LOCAL_GATEWAY_SELECTOR: (&str, &str) = ("istio", "local-gateway");
 pub const REVISION_HEADER: &str = "x-testenv-revision";
 
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// InferenceService annotation: the share (0 to 1) of inference requests its model server
+/// answers with HTTP 500, e.g. `"0.5"`: every second request. Deterministic: of the first n
+/// requests, floor(n * share) fail. Read when a revision starts.
+pub const ERROR_SHARE_ANNOTATION: &str = "testenv.iter8.tools/error-share";
+/// InferenceService annotation: milliseconds its model server waits before answering each
+/// inference request, e.g. `"200"`. Read when a revision starts.
+pub const DELAY_MS_ANNOTATION: &str = "testenv.iter8.tools/delay-ms";
+
+/// The MLServer runtime every model server runs (MLServer's scikit-learn runtime plus fault
+/// injection and metrics that exist from the start), written into each model's folder.
+const RUNTIME: &str = include_str!("../../../testenv/dataplane/testenv_runtime.py");
+/// Its module name, as model-settings.json's `implementation` names it.
+const RUNTIME_MODULE: &str = "testenv_runtime";
+
+/// What an InferenceService's annotations ask its model server to do wrong.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Share of inference requests answered with HTTP 500.
+    pub error_share: f64,
+    /// Added latency of every inference request, in milliseconds.
+    pub delay_ms: u64,
+}
+
+impl Faults {
+    /// From the annotations [`ERROR_SHARE_ANNOTATION`] and [`DELAY_MS_ANNOTATION`].
+    pub fn from_annotations(annotations: Option<&BTreeMap<String, String>>) -> Result<Faults> {
+        let mut faults = Faults::default();
+        let Some(annotations) = annotations else {
+            return Ok(faults);
+        };
+        if let Some(text) = annotations.get(ERROR_SHARE_ANNOTATION) {
+            faults.error_share = text
+                .trim()
+                .parse()
+                .ok()
+                .filter(|v: &f64| (0.0..=1.0).contains(v))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "annotation {ERROR_SHARE_ANNOTATION}: {text:?} is not a number from 0 to 1"
+                    )
+                })?;
+        }
+        if let Some(text) = annotations.get(DELAY_MS_ANNOTATION) {
+            faults.delay_ms = text.trim().parse().map_err(|_| {
+                anyhow!("annotation {DELAY_MS_ANNOTATION}: {text:?} is not a whole number of milliseconds")
+            })?;
+        }
+        Ok(faults)
+    }
+}
 
 /// The data-plane components in the cache `testenv/setup.sh` fills.
 #[derive(Debug, Clone)]
@@ -132,6 +188,7 @@ struct Envoy {
 /// One model server: a KServe predictor revision.
 struct ModelServer {
     revision: String,
+    faults: Faults,
     variant: String,
     /// The InferenceService generation it serves (its Knative Service's generation).
     generation: i64,
@@ -151,8 +208,14 @@ pub struct ModelServerPorts {
     pub metrics: u16,
 }
 
-/// The running data plane. Drop order is field order: model servers, Envoys, then istiod.
+/// The running data plane. Drop order is field order: Prometheus, model servers, Envoys, then
+/// istiod.
 pub struct DataPlane {
+    /// Started by the first call of [`DataPlane::prometheus`].
+    prometheus: tokio::sync::OnceCell<Prometheus>,
+    /// Every model server's metrics port and both Envoys' admin ports, kept up to date
+    /// whether or not Prometheus runs.
+    scrape: Arc<ScrapeTargets>,
     models: Mutex<BTreeMap<(String, String), ModelServer>>,
     envoys: Vec<std::sync::Mutex<Envoy>>,
     istiod: std::sync::Mutex<Process>,
@@ -325,7 +388,10 @@ impl DataPlane {
         )
         .await?;
 
+        let scrape = Arc::new(ScrapeTargets::new(dir.path().join("scrape-targets.json"))?);
         let mut dp = DataPlane {
+            prometheus: tokio::sync::OnceCell::new(),
+            scrape,
             models: Mutex::new(BTreeMap::new()),
             envoys: Vec::new(),
             istiod: std::sync::Mutex::new(istiod),
@@ -370,6 +436,21 @@ impl DataPlane {
             .map_err(|e| anyhow!("{e}; {}", dp.diagnostics()))?;
         }
         dp.check_healthy()?;
+        // Envoy's own metrics, from its admin port; only the stats that were used (thousands
+        // of clusters' unused ones otherwise, every scrape).
+        for e in &dp.envoys {
+            let e = e.lock().map_err(|_| anyhow!("poisoned"))?;
+            let labels = BTreeMap::from(
+                [
+                    ("envoy", e.name.as_str()),
+                    ("__metrics_path__", "/stats/prometheus"),
+                    ("__param_usedonly", "true"),
+                ]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+            );
+            dp.scrape
+                .add(SocketAddr::from(([127, 0, 0, 1], e.admin)), labels)?;
+        }
         dp.dir.disable_cleanup(false);
         dp.cleanup = crate::process::remove_on_exit(dp.dir.path());
         Ok(dp)
@@ -402,6 +483,25 @@ impl DataPlane {
                 }
             },
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            // istiod names a cluster's stats `cluster.<name>;.<stat>` (alt_stat_name ends with
+            // Istio's delimiter `;`), HTTP connection managers' likewise: Envoy's default tags
+            // would cut the names at their first dot and leave the rest (the namespace) in the
+            // metric names of /stats/prometheus. Istio's own bootstrap's regexes for those two
+            // (the label names stay Envoy's: `envoy_cluster_name`, ...), Envoy's for the rest.
+            "stats_config": {
+                "use_all_default_tags": false,
+                "stats_tags": [
+                    {"tag_name": "envoy.cluster_name", "regex": "^cluster(\\.(.+);)"},
+                    {"tag_name": "envoy.http_conn_manager_prefix",
+                     "regex": "^http\\.(((?:[_.[:digit:]\\w]*|[_\\[\\]aAbBcCdDeEfF[:digit:]\\w\\:]*));\\.)"},
+                    {"tag_name": "envoy.response_code"},
+                    {"tag_name": "envoy.response_code_class"},
+                    {"tag_name": "envoy.listener_address"},
+                    {"tag_name": "envoy.virtual_host"},
+                    {"tag_name": "envoy.virtual_cluster"},
+                    {"tag_name": "envoy.worker_id"}
+                ]
+            },
             "dynamic_resources": {
                 "ads_config": {
                     "api_type": "GRPC",
@@ -545,6 +645,24 @@ impl DataPlane {
         out
     }
 
+    /// The data plane's Prometheus, started on the first call (a few seconds; it costs
+    /// nothing to tests that never call this): it scrapes every model server every second,
+    /// with the labels `namespace`, `isvc` and `revision` (see [`crate::prometheus`] for the
+    /// metrics and queries), and both Envoys' `/stats/prometheus` (label `envoy`). While it
+    /// runs, [`DataPlane::serve_inference_service`] routes to a new revision only once
+    /// Prometheus has scraped it, so its counters start from 0 in Prometheus.
+    pub async fn prometheus(&self) -> Result<&Prometheus> {
+        self.prometheus
+            .get_or_try_init(|| {
+                Prometheus::start(prometheus::Options {
+                    targets: Some(self.scrape.clone()),
+                    parent_dir: Some(self.dir.path().to_path_buf()),
+                    ..prometheus::Options::default()
+                })
+            })
+            .await
+    }
+
     /// The current configuration dump of the ingress Envoy (for failure messages).
     pub fn ingress_config_dump(&self) -> String {
         let Ok(e) = self.envoys[0].lock() else {
@@ -591,6 +709,8 @@ impl DataPlane {
             Some("v1") => "v1",
             _ => "v0",
         };
+        let faults = Faults::from_annotations(isvc.metadata.annotations.as_ref())
+            .with_context(|| format!("InferenceService {ns}/{name}"))?;
         let generation = isvc.metadata.generation.unwrap_or(1);
         let created = isvc
             .metadata
@@ -633,9 +753,18 @@ impl DataPlane {
         // Everything up to a routed, answering revision; on failure what was registered for
         // the new revision is removed and a previous revision keeps serving (as in Knative,
         // a failed revision does not take traffic from the last ready one).
+        let mut scraped = None;
         let started: Result<ModelServer> = async {
         let (mut server, port) =
-            self.start_model_server(ns, name, &revision, variant, generation, ip)?;
+            self.start_model_server(ns, name, &revision, variant, generation, ip, faults)?;
+        // Scraped from the start: its metrics port answers once MLServer runs.
+        let metrics = SocketAddr::from((ip, server.ports.metrics));
+        self.scrape.add(metrics, BTreeMap::from([
+            ("namespace".to_string(), ns.to_string()),
+            ("isvc".to_string(), name.to_string()),
+            ("revision".to_string(), revision.clone()),
+        ]))?;
+        scraped = Some(metrics);
         if let Some(old) = &previous {
             let state = State::Rolling {
                 ready: old.revision.clone(),
@@ -670,6 +799,14 @@ impl DataPlane {
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // With Prometheus running, no traffic before it has the counters at 0: `increase()`
+        // then counts every request the revision gets.
+        if let Some(prometheus) = self.prometheus.get() {
+            prometheus
+                .wait_until_scraped(metrics, START_TIMEOUT)
+                .await
+                .with_context(|| format!("Prometheus scraping MLServer {revision}"))?;
         }
 
         // What Knative's net-istio writes for the predictor's Knative Service (here: only the
@@ -713,6 +850,9 @@ impl DataPlane {
         let server = match started {
             Ok(server) => server,
             Err(e) => {
+                if let Some(metrics) = scraped {
+                    let _ = self.scrape.remove(metrics);
+                }
                 let _ = unregister_backend(&client, ns, &revision).await;
                 if let Some(old) = previous {
                     self.models.lock().await.entry(key).or_insert(old);
@@ -772,11 +912,24 @@ impl DataPlane {
             .map(|m| m.variant.clone())
     }
 
+    /// The faults InferenceService `ns/name`'s model server injects, if one serves it.
+    pub async fn served_faults(&self, ns: &str, name: &str) -> Option<Faults> {
+        self.models
+            .lock()
+            .await
+            .get(&(ns.to_string(), name.to_string()))
+            .map(|m| m.faults)
+    }
+
     async fn retire(&self, client: &Client, ns: &str, mut old: ModelServer) {
+        let _ = self
+            .scrape
+            .remove(SocketAddr::from((old.ports.ip, old.ports.metrics)));
         old.process.stop(Duration::from_secs(5));
         let _ = unregister_backend(client, ns, &old.revision).await;
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_model_server(
         &self,
         ns: &str,
@@ -785,15 +938,27 @@ impl DataPlane {
         variant: &str,
         generation: i64,
         ip: Ipv4Addr,
+        faults: Faults,
     ) -> Result<(ModelServer, u16)> {
         let root = self.dir.path().join(format!("{ns}-{revision}"));
         let model_dir = root.join(name);
         std::fs::create_dir_all(&model_dir)?;
         let src = self.tools.models.join(variant);
         std::fs::copy(src.join("model.joblib"), model_dir.join("model.joblib"))?;
-        let settings =
-            std::fs::read_to_string(src.join("model-settings.json"))?.replace("MODEL_NAME", name);
-        std::fs::write(model_dir.join("model-settings.json"), settings)?;
+        // The trained variant's settings, served by the harness's runtime (next to the model,
+        // where MLServer looks for a custom runtime's module) with the faults to inject.
+        let mut settings: Value =
+            serde_json::from_str(&std::fs::read_to_string(src.join("model-settings.json"))?)
+                .context("the trained model's model-settings.json")?;
+        settings["name"] = json!(name);
+        settings["implementation"] = json!(format!("{RUNTIME_MODULE}.TestenvSKLearnModel"));
+        settings["parameters"]["extra"] =
+            json!({"error_share": faults.error_share, "delay_ms": faults.delay_ms});
+        std::fs::write(
+            model_dir.join("model-settings.json"),
+            serde_json::to_vec_pretty(&settings)?,
+        )?;
+        std::fs::write(model_dir.join(format!("{RUNTIME_MODULE}.py")), RUNTIME)?;
         let (http, grpc, metrics) = (free_port()?, free_port()?, free_port()?);
         // parallel_workers 0: the default worker pool crash-loops with current uvloop.
         std::fs::write(
@@ -812,6 +977,7 @@ impl DataPlane {
         Ok((
             ModelServer {
                 revision: revision.to_string(),
+                faults,
                 variant: variant.to_string(),
                 generation,
                 process,

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod objects;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod redis;
 pub mod routes;
 pub mod tools;
@@ -39,6 +40,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 pub use process::Process;
+pub use prometheus::Prometheus;
 pub use tools::Tools;
 
 /// What to start.

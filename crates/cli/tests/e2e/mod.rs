@@ -197,15 +197,6 @@ pub async fn install_controller(
         .arg(&kubeconfig_path)
         .env_remove("KUBECONFIG")
         .env("NO_COLOR", "1");
-    for e in container.env.clone().unwrap_or_default() {
-        let value = match (e.value, e.value_from.and_then(|v| v.field_ref)) {
-            (Some(v), _) => map(&v),
-            (None, Some(f)) if f.field_path == "metadata.name" => "iter8-6d4f8b7c9-x2x7q".into(),
-            (None, Some(f)) if f.field_path == "metadata.namespace" => ns.to_string(),
-            (v, f) => panic!("unexpected env {} = {v:?} / {f:?}", e.name),
-        };
-        cmd.env(&e.name, value);
-    }
     // One log per start: a restart or a second replica does not overwrite the first's.
     let starts = std::fs::read_dir(&dir)
         .unwrap()
@@ -214,6 +205,18 @@ pub async fn install_controller(
                 .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("controller"))
         })
         .count();
+    // Each start is a new pod with a name of its own (two replicas must not share an identity
+    // in the leader election).
+    let pod_name = format!("iter8-6d4f8b7c9-x2x7{starts}");
+    for e in container.env.clone().unwrap_or_default() {
+        let value = match (e.value, e.value_from.and_then(|v| v.field_ref)) {
+            (Some(v), _) => map(&v),
+            (None, Some(f)) if f.field_path == "metadata.name" => pod_name.clone(),
+            (None, Some(f)) if f.field_path == "metadata.namespace" => ns.to_string(),
+            (v, f) => panic!("unexpected env {} = {v:?} / {f:?}", e.name),
+        };
+        cmd.env(&e.name, value);
+    }
     let log = dir.join(format!("controller-{starts}.log"));
     let out = std::fs::File::create(&log).unwrap();
     cmd.stdin(Stdio::null())
