@@ -204,12 +204,16 @@ pub fn observe(
     let mut changes = Vec::new();
     let mut state = match stored {
         Some(s) if s.subject == facts.subject => s.clone(),
-        Some(_) => {
-            changes.push(Change {
-                warning: false,
-                reason: "AnalysisRestarted",
-                text: "the versions changed: analysis starts again from the first step".into(),
-            });
+        Some(old) => {
+            // Said only when something is lost: a waiting analysis that never evaluated
+            // (a version still being created, say) just starts over.
+            if old.evaluations > 0 || old.phase != Phase::Waiting {
+                changes.push(Change {
+                    warning: false,
+                    reason: "AnalysisRestarted",
+                    text: "the versions changed: analysis starts again from the first step".into(),
+                });
+            }
             State::new(facts, now)
         }
         None => State::new(facts, now),

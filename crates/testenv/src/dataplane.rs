@@ -801,12 +801,23 @@ impl DataPlane {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // With Prometheus running, no traffic before it has the counters at 0: `increase()`
-        // then counts every request the revision gets.
+        // then counts every request the revision gets. (A test may have stopped it: then
+        // there is nothing to wait for.)
         if let Some(prometheus) = self.prometheus.get() {
-            prometheus
-                .wait_until_scraped(metrics, START_TIMEOUT)
-                .await
-                .with_context(|| format!("Prometheus scraping MLServer {revision}"))?;
+            let scraped = format!("up{{instance=\"{metrics}\"}} == 1");
+            crate::wait_for(
+                &format!("Prometheus to scrape MLServer {revision} ({scraped})"),
+                START_TIMEOUT,
+                || {
+                    let scraped = scraped.as_str();
+                    async move {
+                        let seen = prometheus.value(scraped).ok().flatten().is_some();
+                        (seen || !prometheus.is_running()).then_some(())
+                    }
+                },
+            )
+            .await
+            .map_err(|e| anyhow!("{e}; last lines of Prometheus's log:\n{}", prometheus.log_tail(20)))?;
         }
 
         // What Knative's net-istio writes for the predictor's Knative Service (here: only the

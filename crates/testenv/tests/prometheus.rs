@@ -335,7 +335,7 @@ async fn stopped_and_started_again() {
 }
 
 /// Throughput of the tutorial's path: ingress Envoy -> knative-local-gateway Envoy ->
-/// MLServer, 8 keep-alive clients for 10 s. A measurement, not a check: run with
+/// MLServer, and of MLServer alone, 8 keep-alive clients for 10 s each. A measurement, not a check: run with
 /// `cargo test -p testenv --test prometheus -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement (10 s of load), run on demand"]
@@ -370,17 +370,50 @@ async fn throughput_through_the_gateways() {
     .await
     .unwrap();
 
-    let clients = 8;
-    let duration = Duration::from_secs(10);
+    let direct = dp.model_server(&ns, "wisdom-0").await.unwrap();
+    let direct = SocketAddr::from((direct.ip, direct.http));
+    for (what, addr, host, path) in [
+        (
+            "ingress -> local gateway -> MLServer",
+            ingress,
+            host.as_str(),
+            "/",
+        ),
+        (
+            "MLServer directly",
+            direct,
+            "model",
+            "/v2/models/wisdom-0/infer",
+        ),
+    ] {
+        let (ok, failed, secs) = load(addr, host, path, 8, Duration::from_secs(10)).await;
+        eprintln!(
+            "{what}: {ok} answered, {failed} failed in {secs:.1} s with 8 clients: {:.0} requests/s",
+            ok as f64 / secs
+        );
+        assert_eq!(failed, 0, "{what}");
+    }
+    dp.stop_inference_service(&ns, "wisdom-0").await.unwrap();
+}
+
+/// `clients` keep-alive connections sending inference requests for `duration`; answered,
+/// failed, seconds.
+async fn load(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    clients: usize,
+    duration: Duration,
+) -> (u64, u64, f64) {
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let host = host.clone();
+            let (host, path) = (host.to_string(), path.to_string());
             tokio::spawn(async move {
-                let mut conn = Conn::open(ingress).await.unwrap();
+                let mut conn = Conn::open(addr).await.unwrap();
                 let (mut ok, mut failed) = (0u64, 0u64);
                 while started.elapsed() < duration {
-                    match conn.infer(&host, "/").await {
+                    match conn.infer(&host, &path).await {
                         Ok(200) => ok += 1,
                         _ => failed += 1,
                     }
@@ -395,11 +428,5 @@ async fn throughput_through_the_gateways() {
         ok += o;
         failed += f;
     }
-    let secs = started.elapsed().as_secs_f64();
-    eprintln!(
-        "ingress -> local gateway -> MLServer: {ok} answered, {failed} failed in {secs:.1} s with {clients} clients: {:.0} requests/s",
-        ok as f64 / secs
-    );
-    assert_eq!(failed, 0);
-    dp.stop_inference_service(&ns, "wisdom-0").await.unwrap();
+    (ok, failed, started.elapsed().as_secs_f64())
 }

@@ -284,3 +284,19 @@ fn traffic_always_has_somewhere_to_go() {
     assert_eq!(traffic(&a, &s, &[false, true], &[0, 1]).0, vec![0, 10]);
     assert_eq!(traffic(&a, &s, &[false, false], &[1, 0]).0, vec![1, 0]);
 }
+
+#[test]
+fn a_version_still_being_created_restarts_the_wait_quietly() {
+    let a = bg();
+    let creating = Facts {
+        subject: vec!["p".into(), String::new()],
+        candidate_ready: false,
+    };
+    let (s, _) = observe(None, &a, &creating, t(0));
+    let (s, changes) = observe(Some(&s), &a, &facts(false), t(1));
+    assert_eq!(
+        (s.phase, s.subject.clone()),
+        (Phase::Waiting, facts(false).subject)
+    );
+    assert!(changes.is_empty(), "{changes:?}");
+}
