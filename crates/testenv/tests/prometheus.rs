@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use testenv::dataplane::{self, DataPlane, Faults, DELAY_MS_ANNOTATION, ERROR_SHARE_ANNOTATION};
-use testenv::fixtures::{inference_service, inference_service_object, virtual_service};
+use testenv::fixtures::{inference_service, inference_service_object};
 use testenv::prometheus::{self, Prometheus};
 use testenv::ControlPlane;
 
@@ -334,99 +334,3 @@ async fn stopped_and_started_again() {
     assert!(prom.targets().list().is_empty());
 }
 
-/// Throughput of the tutorial's path: ingress Envoy -> knative-local-gateway Envoy ->
-/// MLServer, and of MLServer alone, 8 keep-alive clients for 10 s each. A measurement, not a check: run with
-/// `cargo test -p testenv --test prometheus -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement (10 s of load), run on demand"]
-async fn throughput_through_the_gateways() {
-    let (cp, dp) = setup();
-    let ns = cp.namespace("throughput").await.unwrap();
-    create_isvc(cp, &ns, "wisdom-0", &[]).await;
-    dp.serve_inference_service(&ns, "wisdom-0").await.unwrap();
-    // The routing object the controller writes for the tutorial's step 1.
-    let spec = testenv::fixtures::tutorial_virtual_service_spec(&ns, 1).unwrap();
-    let vs = serde_json::json!({
-        "apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-        "metadata": {"name": "wisdom", "namespace": ns}, "spec": spec});
-    testenv::objects::apply(
-        &cp.client().await.unwrap(),
-        &virtual_service(),
-        Some(&ns),
-        &vs,
-        "test",
-    )
-    .await
-    .unwrap();
-    let host = format!("wisdom.{ns}");
-    let ingress = dp.ingress();
-    testenv::wait_for("the ingress to route to wisdom-0", WAIT, || {
-        let host = host.clone();
-        async move {
-            let mut conn = Conn::open(ingress).await.ok()?;
-            (conn.infer(&host, "/").await.ok()? == 200).then_some(())
-        }
-    })
-    .await
-    .unwrap();
-
-    let direct = dp.model_server(&ns, "wisdom-0").await.unwrap();
-    let direct = SocketAddr::from((direct.ip, direct.http));
-    for (what, addr, host, path) in [
-        (
-            "ingress -> local gateway -> MLServer",
-            ingress,
-            host.as_str(),
-            "/",
-        ),
-        (
-            "MLServer directly",
-            direct,
-            "model",
-            "/v2/models/wisdom-0/infer",
-        ),
-    ] {
-        let (ok, failed, secs) = load(addr, host, path, 8, Duration::from_secs(10)).await;
-        eprintln!(
-            "{what}: {ok} answered, {failed} failed in {secs:.1} s with 8 clients: {:.0} requests/s",
-            ok as f64 / secs
-        );
-        assert_eq!(failed, 0, "{what}");
-    }
-    dp.stop_inference_service(&ns, "wisdom-0").await.unwrap();
-}
-
-/// `clients` keep-alive connections sending inference requests for `duration`; answered,
-/// failed, seconds.
-async fn load(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-    clients: usize,
-    duration: Duration,
-) -> (u64, u64, f64) {
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (host, path) = (host.to_string(), path.to_string());
-            tokio::spawn(async move {
-                let mut conn = Conn::open(addr).await.unwrap();
-                let (mut ok, mut failed) = (0u64, 0u64);
-                while started.elapsed() < duration {
-                    match conn.infer(&host, &path).await {
-                        Ok(200) => ok += 1,
-                        _ => failed += 1,
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
-    let (mut ok, mut failed) = (0, 0);
-    for t in tasks {
-        let (o, f) = t.await.unwrap();
-        ok += o;
-        failed += f;
-    }
-    (ok, failed, started.elapsed().as_secs_f64())
-}
