@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: setup setup-original build lint test bench bench-abn bench-load demo control-plane clean-cache
+.PHONY: setup setup-original build lint test bench bench-abn bench-load demo control-plane clean-cache image-local plugin
 
 ## Build or find the pinned kube-apiserver, etcd, helm, CRDs, istiod, Envoy and MLServer (cached by version).
 setup:
@@ -45,6 +45,22 @@ bench-load:
 ## The seed tutorial, end to end, on a local control plane.
 demo: setup build
 	scripts/demo.sh
+
+## The controller's image, built with podman from the release binary with nothing pulled
+## (testenv/containers/Containerfile: FROM scratch). The Dockerfile is for machines with a registry.
+IMAGE ?= localhost/iter8-rs/iter8:local
+image-local:
+	$(CARGO) build --release -p iter8
+	testenv/containers/build-image.sh target/release/iter8 $(IMAGE)
+
+## `kubectl iter8 status|explain ...`: the release binary linked as the kubectl plugin
+## kubectl-iter8 into PLUGIN_DIR (default ~/.local/bin; it must be on PATH).
+PLUGIN_DIR ?= $(HOME)/.local/bin
+plugin:
+	$(CARGO) build --release -p iter8
+	mkdir -p $(PLUGIN_DIR)
+	ln -sf $(CURDIR)/target/release/iter8 $(PLUGIN_DIR)/kubectl-iter8
+	@echo "kubectl iter8 runs $(CURDIR)/target/release/iter8 (from $(PLUGIN_DIR)/kubectl-iter8)"
 
 ## A control plane in the foreground; writes ./kubeconfig.
 control-plane: setup

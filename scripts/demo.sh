@@ -5,7 +5,8 @@
 #
 # With the data plane (the default), the tutorial's requests are answered for real: a real
 # istiod turns the controller's VirtualService into configuration for a real Envoy (the
-# ingress gateway), and real MLServer model servers answer. After each step the demo sends the
+# ingress gateway), and real MLServer model servers answer. After each step the demo shows
+# `iter8 status wisdom` (which version is routed, and why the candidate is not yet), sends the
 # tutorial's two requests (without and with `traffic: test`) and checks which version answers.
 #
 # What is not real: there are no nodes, so no pod ever runs. The controller chart's Deployment
@@ -132,15 +133,14 @@ settled_with_isvcs() {
     [ "$(metric iter8_queue_depth)" = 0 ]
 }
 
-# Shows VirtualService wisdom's routes: which requests go to which version.
-show_routes() {
-  say "VirtualService wisdom, routes in order (the first that matches a request wins):"
-  kubectl get virtualservice wisdom -o jsonpath='{range .spec.http[*]}{.name}|{.match}|{.route[*].headers.request.set.Host}{"\n"}{end}' |
-    while IFS='|' read -r name match host; do
-      if [ -n "$match" ]; then match="requests matching $match"; else match="all other requests"; fi
-      printf '  %-9s %-52s -> %s\n' "$name" "$match" "$host"
-    done
+# Shows what `iter8 status` says about the application: each version's readiness (and what
+# blocks it), weight, and the routes of VirtualService wisdom that reach it.
+show_status() {
+  printf '%s$ iter8 status wisdom -n default%s\n' "$dim" "$off"
+  "$ITER8" status wisdom -n default | sed 's/^/  /'
 }
+# status_json JQ_FILTER: the filter applied to `iter8 status wisdom -o json`.
+status_json() { "$ITER8" status wisdom -n default -o json | jq -r "$1"; }
 
 # ---------------------------------------------------------------------------------------
 # What KServe would write once it has (or has not yet) served a model: the status of an
@@ -347,7 +347,7 @@ run kubectl get inferenceservices,services,configmaps
 run kubectl get service wisdom -o jsonpath='{.spec.type} -> {.spec.externalName}{"\n"}'
 if [ "$DATAPLANE" = 1 ]; then model_ready wisdom-0; else kserve_reports wisdom-0 ready; fi
 wait_for "VirtualService wisdom routes every request to wisdom-0" routes_are wisdom-0
-show_routes
+show_status
 [ "$DATAPLANE" = 0 ] || send_requests wisdom-0 wisdom-0
 
 # ---------------------------------------------------------------------------------------
@@ -382,6 +382,7 @@ if [ "$DATAPLANE" = 1 ]; then
   if ! isvc_ready wisdom-1; then # still not Ready after the routes were read
     [ "$seen" = wisdom-0 ] || fail "routing changed before wisdom-1 was ready: routes $seen"
     ok "while wisdom-1 is not ready, routing is unchanged"
+    show_status
   else
     say "(wisdom-1 became Ready before its routing could be checked while not Ready; check skipped)"
   fi
@@ -391,13 +392,21 @@ else
   wait_for "the controller to see both InferenceServices and finish its work" settled_with_isvcs 2
   routes_are wisdom-0 || fail "routing changed before wisdom-1 was ready: routes $(routes)"
   ok "while wisdom-1 is not ready, routing is unchanged"
-  show_routes
+  show_status
+  why=$(status_json '.applications[0].versions[1] | select(.ready == false and .weight == 0 and (.routes | length) == 0) | .blockedBy[0]')
+  [ -n "$why" ] || fail "iter8 status does not say that wisdom-1 is not ready and not routed"
+  ok "iter8 status says why wisdom-1 gets no traffic: $why"
   kserve_reports wisdom-1 ready
 fi
 wait_for "VirtualService wisdom routes 'traffic: test' to wisdom-1, the rest to wisdom-0" routes_are wisdom-1 wisdom-0
 header=$(kubectl get virtualservice wisdom -o jsonpath='{.spec.http[0].match[0].headers.traffic.exact}')
 [ "$header" = test ] || fail "wisdom-1's route matches traffic=$header, expected test"
-show_routes
+show_status
+printf "%s\$ iter8 explain wisdom -n default -H 'traffic: test'%s\n" "$dim" "$off"
+"$ITER8" explain wisdom -n default -H 'traffic: test' | sed 's/^/  /'
+predicted=$("$ITER8" explain wisdom -n default -H 'traffic: test' -o json | jq -r '.versions | keys | join(" ")')
+[ "$predicted" = wisdom-1 ] || fail "iter8 explain predicts '$predicted' for 'traffic: test', expected wisdom-1"
+ok "iter8 explain: requests with 'traffic: test' are answered by wisdom-1"
 [ "$DATAPLANE" = 0 ] || send_requests wisdom-0 wisdom-1
 
 # ---------------------------------------------------------------------------------------
@@ -423,7 +432,7 @@ say "wisdom-0 now carries the v1 labels; its spec (the model) is the same, so it
 say "unchanged and KServe (here: its stand-in) keeps it Ready, serving the same revision."
 wait_for "the controller to see one InferenceService and finish its work" settled_with_isvcs 1
 wait_for "VirtualService wisdom routes every request to wisdom-0 again" routes_are wisdom-0
-show_routes
+show_status
 [ "$DATAPLANE" = 0 ] || send_requests wisdom-0 wisdom-0
 
 # ---------------------------------------------------------------------------------------

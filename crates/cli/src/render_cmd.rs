@@ -52,7 +52,7 @@ fn documents(path: &Path) -> Result<Vec<Value>> {
 
 /// Plural resource names of well-known kinds, as `(group, kind, plural)`. Offline there is
 /// no discovery to ask; kinds not listed get [`guess_plural`].
-const KNOWN_KINDS: &[(&str, &str, &str)] = &[
+pub(crate) const KNOWN_KINDS: &[(&str, &str, &str)] = &[
     ("", "ConfigMap", "configmaps"),
     ("", "Endpoints", "endpoints"),
     ("", "Pod", "pods"),

@@ -538,7 +538,9 @@ async fn a_failing_candidate_is_rolled_back_within_the_failure_limit_and_stays_r
     .await
     .unwrap();
     // Proof it has seen everything: both InferenceServices watched, every reconcile done.
-    iter8.settled("inferenceservices.serving.kserve.io", 2).await;
+    iter8
+        .settled("inferenceservices.serving.kserve.io", 2)
+        .await;
     assert_eq!(
         state(&kube, &ns).await.unwrap(),
         stored,

@@ -12,7 +12,7 @@ mod e2e;
 use e2e::*;
 use kube::Client;
 use serde_json::Value;
-use testenv::ControlPlane;
+use testenv::{ControlPlane, Helm};
 
 /// Step 1 of the tutorial, verbatim (also a golden case of the release chart).
 pub const STEP1: &str = include_str!("../../../testdata/charts/tutorial-step1/values.yaml");
@@ -38,10 +38,11 @@ fn label<'a>(obj: &'a kube::api::DynamicObject, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// Plays the tutorial in `ns` against a running controller, then `helm delete wisdom`.
-async fn play_tutorial(cp: &ControlPlane, iter8: &Iter8, client: &Client, ns: &str) {
+/// Plays the tutorial in `ns` against a running controller with Helm `version`, then
+/// `helm delete wisdom`.
+async fn play_tutorial(cp: &ControlPlane, version: Helm, iter8: &Iter8, client: &Client, ns: &str) {
     // Step 1: the primary.
-    helm_release(cp, ns, "wisdom", STEP1);
+    helm_release_with(cp, version, ns, "wisdom", STEP1);
     let isvc = get(client, &isvc_ar(), ns, "wisdom-0").await.unwrap();
     assert_eq!(label(&isvc, "iter8.tools/watch"), Some("true"));
     assert_eq!(label(&isvc, "app.kubernetes.io/version"), Some("v0"));
@@ -66,7 +67,7 @@ async fn play_tutorial(cp: &ControlPlane, iter8: &Iter8, client: &Client, ns: &s
     assert_owned_by_routemap(client, &vs, ns, "wisdom-routemap").await;
 
     // Step 2: the candidate. Not ready yet: routing does not change.
-    helm_release(cp, ns, "wisdom", STEP2);
+    helm_release_with(cp, version, ns, "wisdom", STEP2);
     let primary = get(client, &isvc_ar(), ns, "wisdom-0").await.unwrap();
     assert_eq!(
         primary.metadata.generation,
@@ -100,7 +101,7 @@ async fn play_tutorial(cp: &ControlPlane, iter8: &Iter8, client: &Client, ns: &s
 
     // Step 3: promote. wisdom-0 takes the v1 labels (same model, so the same spec and KServe
     // keeps it Ready), wisdom-1 is deleted, routing returns to the step-1 form.
-    helm_release(cp, ns, "wisdom", STEP3);
+    helm_release_with(cp, version, ns, "wisdom", STEP3);
     wait_gone(client, ns, &[(isvc_ar(), "wisdom-1")]).await;
     let promoted = get(client, &isvc_ar(), ns, "wisdom-0").await.unwrap();
     assert_eq!(label(&promoted, "app.kubernetes.io/version"), Some("v1"));
@@ -119,7 +120,7 @@ async fn play_tutorial(cp: &ControlPlane, iter8: &Iter8, client: &Client, ns: &s
     assert_eq!(vs.data["spec"], expected_vs_spec(ns, 1));
 
     // Cleanup: everything goes, routing included.
-    helm(cp, ns, &["delete", "wisdom"], None);
+    helm_with(cp, version, ns, &["delete", "wisdom"], None);
     wait_gone(
         client,
         ns,
@@ -142,10 +143,31 @@ async fn tutorial_with_namespace_scoped_controller_chart() {
     let ns = cp.namespace("e2e-tutorial").await.unwrap();
     let iter8 = install_controller(cp, &ns, false, &[]).await;
 
-    play_tutorial(cp, &iter8, &client, &ns).await;
+    play_tutorial(cp, Helm::V4, &iter8, &client, &ns).await;
 
     assert!(iter8.metric("iter8_leader").await == 1.0);
     iter8.assert_clean_log();
+}
+
+/// The same with Helm 3, which Iter8 v1.1's users run: both charts installed, upgraded and
+/// deleted by Helm 3 (`HELM3_VERSION`).
+#[tokio::test]
+async fn tutorial_with_helm3() {
+    let cp = testenv::shared().unwrap();
+    let client = cp.client().await.unwrap();
+    let ns = cp.namespace("e2e-tutorial-helm3").await.unwrap();
+    let iter8 = install_controller_with(cp, Helm::V3, &ns, false, &[]).await;
+    let releases = helm_with(cp, Helm::V3, &ns, &["list", "-o", "json"], None);
+    assert!(releases.contains("\"name\":\"iter8\""), "{releases}");
+
+    play_tutorial(cp, Helm::V3, &iter8, &client, &ns).await;
+
+    iter8.assert_clean_log();
+    // The controller chart goes too (its RBAC first: stop the controller before).
+    drop(iter8);
+    helm_with(cp, Helm::V3, &ns, &["delete", "iter8"], None);
+    let releases = helm_with(cp, Helm::V3, &ns, &["list", "-q"], None);
+    assert!(releases.trim().is_empty(), "{releases}");
 }
 
 /// The tutorial's own install (`--set clusterScoped=true --set logLevel=trace`): the controller
@@ -170,7 +192,7 @@ async fn tutorial_with_cluster_scoped_controller_chart() {
     )
     .await;
 
-    play_tutorial(&cp, &iter8, &client, &app_ns).await;
+    play_tutorial(&cp, Helm::V4, &iter8, &client, &app_ns).await;
 
     iter8.assert_clean_log();
 }

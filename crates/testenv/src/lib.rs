@@ -8,9 +8,11 @@
 //! The helpers every test and the benchmark share live here too, once: [`fixtures`] (kinds,
 //! objects, CRDs), [`objects`] (apply, get, wait, status writes), [`kserve`] and
 //! [`workloads`] (status as KServe and kube-controller-manager write it), [`routes`] (what a
-//! routing object routes to), [`http`] (a small GET client) and [`metrics`] (what an
-//! out-of-process controller's `/metrics` says).
+//! routing object routes to), [`http`] (a small GET client), [`metrics`] (what an
+//! out-of-process controller's `/metrics` says) and [`container`] (the controller's image,
+//! built with podman and run as its chart's pod would run it, in-cluster configuration).
 
+pub mod container;
 pub mod dataplane;
 pub mod events;
 pub mod fixtures;
@@ -22,6 +24,7 @@ pub mod pki;
 pub mod process;
 pub mod prometheus;
 pub mod redis;
+pub mod registry;
 pub mod routes;
 pub mod tools;
 pub mod workloads;
@@ -41,7 +44,8 @@ use kube::{Client, Config};
 
 pub use process::Process;
 pub use prometheus::Prometheus;
-pub use tools::Tools;
+pub use registry::Registry;
+pub use tools::{Helm, Tools};
 
 /// What to start.
 #[derive(Debug, Clone, Default)]
@@ -314,7 +318,27 @@ impl ControlPlane {
     /// repository's root (so `charts/release` names the chart), with `stdin` piped in; returns
     /// what it printed, or fails with all of it. Never pass `--wait`: no pod runs here.
     pub fn helm(&self, namespace: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-        let mut child = Command::new(&self.tools.helm)
+        self.helm_with(Helm::V4, namespace, args, stdin)
+    }
+
+    /// Like [`ControlPlane::helm`], with Helm 3 (`HELM3_VERSION`).
+    pub fn helm3(&self, namespace: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        self.helm_with(Helm::V3, namespace, args, stdin)
+    }
+
+    /// Like [`ControlPlane::helm`], with the pinned Helm of major version `helm`.
+    pub fn helm_with(
+        &self,
+        helm: Helm,
+        namespace: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Result<String> {
+        let binary = match helm {
+            Helm::V4 => self.tools.helm.clone(),
+            Helm::V3 => helm.binary()?,
+        };
+        let mut child = Command::new(&binary)
             .current_dir(tools::repo_root())
             .args(args)
             .arg("--namespace")
@@ -329,7 +353,7 @@ impl ControlPlane {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("running {}", self.tools.helm.display()))?;
+            .with_context(|| format!("running {}", binary.display()))?;
         if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
             pipe.write_all(text.as_bytes())
                 .context("writing helm's standard input")?;
@@ -338,7 +362,7 @@ impl ControlPlane {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             bail!(
-                "helm {} -n {namespace} failed:\n{stdout}\n{}",
+                "helm {} -n {namespace} failed ({helm}):\n{stdout}\n{}",
                 args.join(" "),
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -391,6 +415,33 @@ impl ControlPlane {
         name: &str,
         ttl: Duration,
     ) -> Result<String> {
+        let token = self.service_account_token(namespace, name, ttl).await?;
+        Ok(kubeconfig_yaml(
+            self.port,
+            &self.pki.serving_ca_pem,
+            &format!("token: {token}"),
+        ))
+    }
+
+    /// The PEM of the CA that signed the API server's serving certificate (valid for
+    /// 127.0.0.1): what a pod finds in its ServiceAccount's `ca.crt`.
+    pub fn ca_pem(&self) -> &str {
+        &self.pki.serving_ca_pem
+    }
+
+    /// The API server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A real token of ServiceAccount `namespace/name` (created if missing), obtained through
+    /// the TokenRequest API, valid for `ttl`: what Kubernetes mounts into a pod.
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<String> {
         let client = self.client().await?;
         let sas: Api<ServiceAccount> = Api::namespaced(client, namespace);
         if sas.get_opt(name).await?.is_none() {
@@ -413,11 +464,7 @@ impl ControlPlane {
             .status
             .ok_or_else(|| anyhow!("TokenRequest for {namespace}/{name} returned no status"))?
             .token;
-        Ok(kubeconfig_yaml(
-            self.port,
-            &self.pki.serving_ca_pem,
-            &format!("token: {token}"),
-        ))
+        Ok(token)
     }
 
     /// Creates a namespace with a unique name starting with `prefix`.

@@ -102,6 +102,57 @@ pub fn abn_frontend() -> Result<PathBuf> {
     )
 }
 
+/// A major version of Helm: the charts are tested with Helm 4 ([`Tools::helm`], `HELM_VERSION`)
+/// and Helm 3 (`HELM3_VERSION`), which Iter8 v1.1's users run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Helm {
+    V4,
+    V3,
+}
+
+impl Helm {
+    /// Both, Helm 4 first.
+    pub const ALL: [Helm; 2] = [Helm::V4, Helm::V3];
+
+    /// The pinned version, e.g. `v3.22.0`.
+    pub fn version(self) -> &'static str {
+        match self {
+            Helm::V4 => version("HELM_VERSION"),
+            Helm::V3 => version("HELM3_VERSION"),
+        }
+    }
+
+    /// The cached binary, or an error naming how to build it.
+    pub fn binary(self) -> Result<PathBuf> {
+        // The component of testenv/setup.sh, which names its cache folder.
+        let component = match self {
+            Helm::V4 => "helm",
+            Helm::V3 => "helm3",
+        };
+        cached_file(
+            component,
+            cache_dir().join(format!("{component}-{}/bin/helm", self.version())),
+        )
+    }
+}
+
+impl std::fmt::Display for Helm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Helm {}", self.version())
+    }
+}
+
+/// The OCI registry (CNCF Distribution's `registry`, `REGISTRY_VERSION`); see [`crate::registry`].
+pub fn registry() -> Result<PathBuf> {
+    cached_file(
+        "registry",
+        cache_dir().join(format!(
+            "registry-{}/bin/registry",
+            version("REGISTRY_VERSION")
+        )),
+    )
+}
+
 /// Paths of every component the control plane needs, checked to exist.
 #[derive(Debug, Clone)]
 pub struct Tools {

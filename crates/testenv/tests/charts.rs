@@ -1,14 +1,22 @@
-//! Golden tests of the Helm charts in `charts/`, run with the pinned Helm binary.
+//! Golden tests of the Helm charts in `charts/`, run with both pinned Helm binaries: Helm 4
+//! (`HELM_VERSION`) and Helm 3 (`HELM3_VERSION`, what Iter8 v1.1's users run). Every case must
+//! give the same result with both.
 //!
 //! Each folder `testdata/charts/<case>/` holds a `values.yaml` and either
-//! - `expected.yaml`: the exact `helm template` output, or
-//! - `expected-error.txt`: a substring the error of `helm template` must contain.
+//! - `expected.yaml`: the exact `helm template` output of Helm 4; Helm 3's must be exactly
+//!   [`as_helm3_prints`] of it (the same objects, byte for byte, but Helm 3 trims the trailing
+//!   whitespace of every rendered document where Helm 4 keeps it: a blank line before each
+//!   `---`; Helm's own formatting, not the chart's), or
+//! - `expected-error.txt`: a substring the error of `helm template` must contain (with both;
+//!   an `expected-error-helm3.txt` beside it would replace it for Helm 3, where Helm 3 words an
+//!   error differently: no case needs one today).
 //!
 //! Cases named `controller*` render `charts/controller` as release `iter8` in namespace
 //! `iter8-system`; cases named `test-*` render the test chart `charts/iter8` as release
 //! `wisdom-test` in `default`; all others render `charts/release` as release `wisdom` in namespace
 //! `default` (the seed tutorial's names). `UPDATE_GOLDEN=1` rewrites the `expected.yaml` files
-//! instead of comparing; read the diff before committing it, the files are the contract.
+//! from Helm 4's output instead of comparing (Helm 3's is still compared with it); read the diff
+//! before committing it, the files are the contract.
 //!
 //! Runs processes only (Helm, no cluster); no sleeps.
 
@@ -18,17 +26,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{bail, Context, Result};
+use testenv::Helm;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The pinned Helm binary; a missing one fails the test with the reason.
-fn helm() -> PathBuf {
-    match testenv::Tools::locate() {
-        Ok(tools) => tools.helm,
-        Err(e) => panic!("cannot run the chart tests: {e:#}"),
-    }
+/// Both pinned Helm binaries, Helm 4 first; a missing one fails the test with the reason.
+fn helms() -> Vec<(Helm, PathBuf)> {
+    Helm::ALL
+        .iter()
+        .map(|&h| match h.binary() {
+            Ok(path) => (h, path),
+            Err(e) => panic!("cannot run the chart tests with {h}: {e:#}"),
+        })
+        .collect()
 }
 
 /// One folder under `testdata/charts`.
@@ -91,6 +103,38 @@ fn cases() -> Result<Vec<Case>> {
     Ok(cases)
 }
 
+/// Helm 4's `helm template` output as Helm 3 prints it. Helm 3 (`releaseutil.SplitManifests`)
+/// trims every rendered document with `strings.TrimSpace` before printing it followed by one
+/// newline; Helm 4 trims only leading whitespace, so a template ending in a newline leaves a
+/// blank line before the next `---`. Whitespace-only lines before a `---` line and at the
+/// end go; nothing else changes.
+fn as_helm3_prints(helm4: &str) -> String {
+    let mut lines: Vec<&str> = Vec::new();
+    let trim = |lines: &mut Vec<&str>| {
+        while lines.last().is_some_and(|l| l.trim().is_empty()) {
+            lines.pop();
+        }
+    };
+    for line in helm4.lines() {
+        if line == "---" {
+            trim(&mut lines);
+        }
+        lines.push(line);
+    }
+    trim(&mut lines);
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
+#[test]
+fn helm3_form_drops_only_the_blank_lines_ending_documents() {
+    let helm4 = "---\n# Source: a.yaml\nkind: A\ndata:\n  x: |\n    y\n\n    z\n\n---\n# Source: b.yaml\nkind: B\n\n";
+    let helm3 = "---\n# Source: a.yaml\nkind: A\ndata:\n  x: |\n    y\n\n    z\n---\n# Source: b.yaml\nkind: B\n";
+    assert_eq!(as_helm3_prints(helm4), helm3);
+    assert_eq!(as_helm3_prints(helm3), helm3);
+}
+
 /// Where two texts first differ, with a few lines of context, for a readable failure.
 fn describe_mismatch(expected: &str, actual: &str) -> String {
     let e: Vec<&str> = expected.lines().collect();
@@ -119,73 +163,95 @@ fn describe_mismatch(expected: &str, actual: &str) -> String {
 
 #[test]
 fn charts_render_as_expected() -> Result<()> {
-    let helm = helm();
+    let helms = helms();
     let update = std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1");
     let mut failures = Vec::new();
-    let mut checked = 0;
+    let mut checked = [0; 2];
     for case in cases()?
         .into_iter()
         .filter(|c| !c.dir.join("expected-error.txt").exists())
     {
-        let out = case.template(&helm)?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            failures.push(format!("{}: helm template failed: {stderr}", case.name));
-            continue;
-        }
-        let actual = String::from_utf8(out.stdout).context("helm output is not UTF-8")?;
-        let expected_path = case.dir.join("expected.yaml");
-        if update {
-            std::fs::write(&expected_path, &actual)
-                .with_context(|| format!("writing {}", expected_path.display()))?;
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        checked += 1;
-        if expected != actual {
-            failures.push(format!(
-                "{}: output differs from {} (UPDATE_GOLDEN=1 rewrites it)\n{}",
-                case.name,
-                expected_path.display(),
-                describe_mismatch(&expected, &actual)
-            ));
+        // Helm 4 first: with UPDATE_GOLDEN=1 it writes the file Helm 3 is then compared with.
+        for (i, (version, helm)) in helms.iter().enumerate() {
+            let out = case.template(helm)?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !out.status.success() {
+                failures.push(format!(
+                    "{} ({version}): helm template failed: {stderr}",
+                    case.name
+                ));
+                continue;
+            }
+            let actual = String::from_utf8(out.stdout).context("helm output is not UTF-8")?;
+            let expected_path = case.dir.join("expected.yaml");
+            if update && *version == Helm::V4 {
+                std::fs::write(&expected_path, &actual)
+                    .with_context(|| format!("writing {}", expected_path.display()))?;
+                continue;
+            }
+            let mut expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+            if *version == Helm::V3 {
+                expected = as_helm3_prints(&expected);
+            }
+            checked[i] += 1;
+            if expected != actual {
+                failures.push(format!(
+                    "{} ({version}): output differs from {} (UPDATE_GOLDEN=1 rewrites it from \
+                     Helm 4's)\n{}",
+                    case.name,
+                    expected_path.display(),
+                    describe_mismatch(&expected, &actual)
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(update || checked > 0, "no golden cases were checked");
+    assert!(update || checked[0] > 0, "no golden cases were checked");
+    assert!(checked[1] > 0, "no golden cases were checked with Helm 3");
     Ok(())
 }
 
 #[test]
 fn bad_values_fail_with_a_clear_message() -> Result<()> {
-    let helm = helm();
+    let helms = helms();
     let mut failures = Vec::new();
+    let mut checked = 0;
     for case in cases()? {
         let Ok(expected) = std::fs::read_to_string(case.dir.join("expected-error.txt")) else {
             continue;
         };
-        let expected = expected.trim();
-        let out = case.template(&helm)?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() {
-            failures.push(format!(
-                "{}: helm template succeeded, expected an error",
-                case.name
-            ));
-        } else if !stderr.contains(expected) {
-            failures.push(format!(
-                "{}: error does not contain {expected:?}:\n{stderr}",
-                case.name
-            ));
+        for (version, helm) in &helms {
+            // Helm 3's own wording, where it differs (see the module's documentation).
+            let expected = match version {
+                Helm::V3 => std::fs::read_to_string(case.dir.join("expected-error-helm3.txt"))
+                    .unwrap_or_else(|_| expected.clone()),
+                Helm::V4 => expected.clone(),
+            };
+            let expected = expected.trim();
+            let out = case.template(helm)?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            checked += 1;
+            if out.status.success() {
+                failures.push(format!(
+                    "{} ({version}): helm template succeeded, expected an error",
+                    case.name
+                ));
+            } else if !stderr.contains(expected) {
+                failures.push(format!(
+                    "{} ({version}): error does not contain {expected:?}:\n{stderr}",
+                    case.name
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked > 0, "no bad-values cases were checked");
     Ok(())
 }
 
 #[test]
 fn charts_pass_strict_lint() -> Result<()> {
-    let helm = helm();
+    let helms = helms();
     let root = repo_root();
     let mut failures = Vec::new();
     for (chart, values) in [
@@ -216,17 +282,19 @@ fn charts_pass_strict_lint() -> Result<()> {
         ("charts/iter8", "testdata/charts/test-http/values.yaml"),
         ("charts/iter8", "testdata/charts/test-grpc/values.yaml"),
     ] {
-        let out = Command::new(&helm)
-            .current_dir(&root)
-            .args(["lint", "--strict", chart, "--values", values])
-            .output()
-            .with_context(|| format!("failed to run {}", helm.display()))?;
-        if !out.status.success() {
-            failures.push(format!(
-                "helm lint --strict {chart} -f {values} failed:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
+        for (version, helm) in &helms {
+            let out = Command::new(helm)
+                .current_dir(&root)
+                .args(["lint", "--strict", chart, "--values", values])
+                .output()
+                .with_context(|| format!("failed to run {}", helm.display()))?;
+            if !out.status.success() {
+                failures.push(format!(
+                    "helm lint --strict {chart} -f {values} failed ({version}):\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -260,7 +328,8 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
 /// configured type, and nothing the controller does not call (CRDs, core Events).
 #[test]
 fn controller_config_and_rbac_agree() -> Result<()> {
-    let helm = helm();
+    // What Helm renders is the same with both (charts_render_as_expected): Helm 4 suffices.
+    let helm = Helm::V4.binary()?;
     let mut checked = 0;
     for case in cases()?
         .into_iter()

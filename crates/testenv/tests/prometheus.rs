@@ -333,4 +333,3 @@ async fn stopped_and_started_again() {
     prom.remove_target(own).unwrap();
     assert!(prom.targets().list().is_empty());
 }
-

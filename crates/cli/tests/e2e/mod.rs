@@ -19,7 +19,7 @@ use kube::core::ApiResource;
 use kube::Client;
 use serde_json::Value;
 use testenv::workloads::State;
-use testenv::{fixtures, kserve, objects, workloads, ControlPlane};
+use testenv::{fixtures, kserve, objects, workloads, ControlPlane, Helm};
 
 /// How long any expected state may take to appear.
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -52,15 +52,32 @@ pub fn cm_ar() -> ApiResource {
 /// Runs the pinned Helm against the control plane (admin), from the repository root, with
 /// `stdin` piped in; panics with Helm's output if it fails. Never `--wait`: no pod runs here.
 pub fn helm(cp: &ControlPlane, namespace: &str, args: &[&str], stdin: Option<&str>) -> String {
-    cp.helm(namespace, args, stdin)
+    helm_with(cp, Helm::V4, namespace, args, stdin)
+}
+
+/// Like [`helm`], with the pinned Helm of major version `version` (Helm 3 or Helm 4).
+pub fn helm_with(
+    cp: &ControlPlane,
+    version: Helm,
+    namespace: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> String {
+    cp.helm_with(version, namespace, args, stdin)
         .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// `helm upgrade --install RELEASE charts/release -n NS -f -` with `values` on stdin, as the
 /// tutorial does.
 pub fn helm_release(cp: &ControlPlane, ns: &str, release: &str, values: &str) {
-    helm(
+    helm_release_with(cp, Helm::V4, ns, release, values);
+}
+
+/// Like [`helm_release`], with Helm 3 or Helm 4.
+pub fn helm_release_with(cp: &ControlPlane, version: Helm, ns: &str, release: &str, values: &str) {
+    helm_with(
         cp,
+        version,
         ns,
         &["upgrade", "--install", release, "charts/release", "-f", "-"],
         Some(values),
@@ -104,6 +121,17 @@ pub async fn install_controller(
     cluster_scoped: bool,
     extra: &[&str],
 ) -> Iter8 {
+    install_controller_with(cp, Helm::V4, ns, cluster_scoped, extra).await
+}
+
+/// Like [`install_controller`], installing the chart with Helm 3 or Helm 4.
+pub async fn install_controller_with(
+    cp: &ControlPlane,
+    version: Helm,
+    ns: &str,
+    cluster_scoped: bool,
+    extra: &[&str],
+) -> Iter8 {
     let mut args = vec![
         "upgrade".to_string(),
         "--install".into(),
@@ -117,7 +145,7 @@ pub async fn install_controller(
         args.push((*e).into());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    helm(cp, ns, &args, None);
+    helm_with(cp, version, ns, &args, None);
 
     let client = cp.client().await.unwrap();
     let dir = cp.dir().join(format!("iter8-{ns}"));
