@@ -260,6 +260,22 @@ async fn the_promotion_gate_is_asked_until_it_approves_and_every_phase_change_is
             "no {reason} Event in {normal:?}"
         );
     }
+    // `iter8 status` shows the analysis as users see it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_iter8"))
+        .args(["status", "wisdom", "-n", &ns, "-o", "json", "--kubeconfig"])
+        .arg(cp.kubeconfig_path())
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let analysis = &report["applications"][0]["analysis"];
+    assert_eq!(analysis["phase"], "Promoted", "{report:#}");
+    assert_eq!(analysis["steps"], json!([50, 100]), "{report:#}");
     helm(cp, &ns, &["uninstall", "wisdom"], None);
     wait_gone(
         &client,
