@@ -239,12 +239,7 @@ pub fn observe(
                     "the candidate was not ready within progressDeadline {}: rolled back",
                     crate::duration::display(analysis.progress_deadline)
                 );
-                state.enter(Phase::RolledBack, now, text.clone());
-                changes.push(Change {
-                    warning: true,
-                    reason: "AnalysisRolledBack",
-                    text,
-                });
+                changes.push(roll_back(&mut state, now, text));
             }
         }
         Phase::Progressing | Phase::AwaitingGate if !facts.candidate_ready => {
@@ -340,12 +335,7 @@ pub fn evaluated(
                     "failed {} of {} allowed evaluations{why}: rolled back",
                     s.failures, analysis.failure_limit
                 );
-                s.enter(Phase::RolledBack, now, text.clone());
-                changes.push(Change {
-                    warning: true,
-                    reason: "AnalysisRolledBack",
-                    text,
-                });
+                changes.push(roll_back(&mut s, now, text));
                 return (s, changes);
             }
             s.message = format!(
@@ -374,12 +364,7 @@ pub fn evaluated(
                 let text = format!(
                     "{count} evaluations in a row {what}{why}: rolled back (onInconclusive)"
                 );
-                s.enter(Phase::RolledBack, now, text.clone());
-                changes.push(Change {
-                    warning: true,
-                    reason: "AnalysisRolledBack",
-                    text,
-                });
+                changes.push(roll_back(&mut s, now, text));
                 return (s, changes);
             }
             s.message = format!(
@@ -427,6 +412,16 @@ pub fn gate_answered(
             s.message = format!("waiting for the promotion gate to approve: {why}");
             (s, Vec::new())
         }
+    }
+}
+
+/// Latches the rollback; the change to report.
+fn roll_back(s: &mut State, now: Timestamp, text: String) -> Change {
+    s.enter(Phase::RolledBack, now, text.clone());
+    Change {
+        warning: true,
+        reason: "AnalysisRolledBack",
+        text,
     }
 }
 

@@ -762,11 +762,7 @@ fn istio_rule(index: usize, r: &Value) -> Rule {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            d.weight = rd
-                .get("weight")
-                .and_then(Value::as_u64)
-                .and_then(|w| u32::try_from(w).ok())
-                .unwrap_or(0);
+            d.weight = weight_of(rd, 0);
             if let Some(h) = rd.get("headers") {
                 istio_headers(h, &mut d);
             }
@@ -888,11 +884,7 @@ fn gateway_rule(index: usize, r: &Value) -> Rule {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            d.weight = b
-                .get("weight")
-                .and_then(Value::as_u64)
-                .and_then(|w| u32::try_from(w).ok())
-                .unwrap_or(1);
+            d.weight = weight_of(b, 1);
             gateway_filters(items(b, "filters"), &mut d, &mut notes);
             d
         })
@@ -904,6 +896,14 @@ fn gateway_rule(index: usize, r: &Value) -> Rule {
         destinations,
         notes,
     }
+}
+
+/// A destination's or backendRef's `weight`, or `default` when absent or not a u32.
+fn weight_of(v: &Value, default: u32) -> u32 {
+    v.get("weight")
+        .and_then(Value::as_u64)
+        .and_then(|w| u32::try_from(w).ok())
+        .unwrap_or(default)
 }
 
 #[cfg(test)]
