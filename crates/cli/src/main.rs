@@ -79,6 +79,10 @@ struct ControllerArgs {
     /// Address of the admin server (/livez, /readyz, /metrics).
     #[arg(long, default_value = "0.0.0.0:8080")]
     admin_address: String,
+    /// Publish a Normal Event on the routemap for every routing object written (off: a routing
+    /// change costs one request; Warnings, deletions and analysis Events are always published).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    routing_events: bool,
     /// Elect a leader with a Lease so several replicas can run; only the leader writes.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     leader_elect: bool,
@@ -261,6 +265,7 @@ async fn run_controller(args: ControllerArgs) -> Result<()> {
         Options {
             namespace: args.namespace.clone(),
             instance: args.pod_name.clone(),
+            routing_events: args.routing_events,
         },
         leadership.clone(),
     );

@@ -176,7 +176,7 @@ async fn status_through_the_tutorial_as_a_namespace_reader() {
     let cp = testenv::shared().unwrap();
     let client = cp.client().await.unwrap();
     let ns = cp.namespace("status").await.unwrap();
-    let controller = install_controller(cp, &ns, false, &[]).await;
+    let controller = install_controller(cp, &ns, false, &["routingEvents=true"]).await;
     let reader = reader_kubeconfig(cp, &ns).await;
 
     // Before any release: no application.

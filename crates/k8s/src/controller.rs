@@ -57,6 +57,10 @@ pub struct Options {
     pub namespace: String,
     /// Identity in Events (the pod name).
     pub instance: Option<String>,
+    /// Publish a Normal `Applied` Event for every routing object written. Off by default: a
+    /// routing change then costs one request (the apply); Warnings, deletions and the
+    /// analysis's Events are always published, and `iter8 status` shows the last change.
+    pub routing_events: bool,
 }
 
 /// The controller's shared parts.
@@ -925,16 +929,20 @@ impl Controller {
                     let what = if created { "created" } else { "updated" };
                     tracing::info!(routemap = %key, object = %format!("{} {}/{}", desired.kind, target.namespace, target.name),
                         weights = ?weights, elapsed_ms = started.elapsed().as_millis() as u64, "{what} routing object");
-                    reports.push(Report::about(
-                        subject,
-                        Note::normal(
-                            "Applied",
-                            format!(
-                                "applied {} {}/{} (weights {weights:?})",
-                                desired.kind, target.namespace, target.name
+                    reports.push(if self.options.routing_events {
+                        Report::about(
+                            subject,
+                            Note::normal(
+                                "Applied",
+                                format!(
+                                    "applied {} {}/{} (weights {weights:?})",
+                                    desired.kind, target.namespace, target.name
+                                ),
                             ),
-                        ),
-                    ));
+                        )
+                    } else {
+                        Report::fine(subject)
+                    });
                 }
                 Err(Error::NotLeader) => return false,
                 Err(e) => {

@@ -153,6 +153,7 @@ pub async fn start_controller_as(
         Options {
             namespace: namespace.to_string(),
             instance: Some("test".into()),
+            routing_events: true,
         },
         leadership,
     );
