@@ -24,7 +24,7 @@ setup-original:
 test: setup-original lint
 	$(CARGO) test --workspace --no-fail-fast
 
-## Our controller against the original, side by side (see BENCHMARKS.md). APPS=100 CANDIDATES=50.
+## The floor, our controller and the original, side by side (see BENCHMARKS.md). APPS=100 CANDIDATES=50.
 APPS ?= 100
 CANDIDATES ?= 50
 bench: setup-original

@@ -95,6 +95,7 @@ fn start(
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "0"]);
     match kind {
+        Kind::Floor => bail!("the floor has no A/B/n service"),
         Kind::Ours => {
             cmd.arg(&settings.ours).args([
                 "controller",

@@ -1,7 +1,8 @@
-//! Side-by-side benchmark of our routing controller and the original Iter8 v1.1.2 controller
-//! on one real control plane (etcd + kube-apiserver from `testenv`).
+//! Side-by-side benchmark of our routing controller, the original Iter8 v1.1.2 controller and
+//! the [`floor`] (the least a controller can do on the same work) on one real control plane
+//! (etcd + kube-apiserver from `testenv`).
 //!
-//! Each controller runs in turn, alone, in a fresh namespace of its own, as its own client-
+//! Each contender runs in turn, alone, in a fresh namespace of its own, as its own client-
 //! certificate user (bound to cluster-admin) so the API server's audit log attributes every
 //! request to it. Per run:
 //!
@@ -20,6 +21,7 @@
 //! audit log.
 
 pub mod abn;
+pub mod floor;
 pub mod load_grpc;
 pub mod load_http;
 
@@ -45,17 +47,51 @@ use testenv::{kserve, objects, ControlPlane};
 /// Which controller a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// The [`floor`]: a watch and one apply per change of route, nothing else.
+    Floor,
     Ours,
     Original,
 }
 
 impl Kind {
+    /// Every contender, in the order of the table's columns.
+    pub const ALL: [Kind; 3] = [Kind::Floor, Kind::Ours, Kind::Original];
+
     pub fn label(self) -> &'static str {
         match self {
+            Kind::Floor => "floor",
             Kind::Ours => "ours",
             Kind::Original => "original",
         }
     }
+
+    /// The contender of `label` ([`Kind::label`]).
+    pub fn parse(label: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.label() == label)
+    }
+
+    /// Resources the contender watches once it has started.
+    fn watches(self) -> &'static [&'static str] {
+        match self {
+            Kind::Floor => &["inferenceservices"],
+            Kind::Ours | Kind::Original => &["configmaps", "inferenceservices", "virtualservices"],
+        }
+    }
+}
+
+/// The contenders of a comma-separated list of labels (`floor,ours,original`), in its order.
+pub fn parse_contenders(list: &str) -> Result<Vec<Kind>> {
+    let mut out = Vec::new();
+    for label in list.split(',').map(str::trim) {
+        let kind = Kind::parse(label).ok_or_else(|| {
+            anyhow!("unknown contender {label:?}: expected floor, ours or original")
+        })?;
+        if out.contains(&kind) {
+            bail!("contender {label} given twice");
+        }
+        out.push(kind);
+    }
+    Ok(out)
 }
 
 /// What to run.
@@ -69,13 +105,15 @@ pub struct Settings {
     pub ours: PathBuf,
     /// The original controller's binary (`iter8` of v1.1.2).
     pub original: PathBuf,
+    /// The `bench` binary, whose hidden `floor` subcommand runs the [`floor`].
+    pub floor: PathBuf,
     /// How long to wait for convergence before giving up.
     pub timeout: Duration,
     /// Measure the no-change restart.
     pub restart: bool,
     /// Extra environment for the original (e.g. HELM_QPS to lift its client-side throttle).
     pub original_env: Vec<(String, String)>,
-    /// Run order, e.g. [Ours, Original].
+    /// Contenders, in run order, e.g. [Floor, Ours, Original].
     pub order: Vec<Kind>,
 }
 
@@ -83,9 +121,14 @@ pub struct Settings {
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
     pub kind: Option<Kind>,
+    /// The contender's namespace.
+    pub namespace: String,
     pub apps: usize,
     pub converged: usize,
+    /// From the first create until the last VirtualService carried the primary route.
     pub convergence: Option<Duration>,
+    /// From the first create until the benchmark had created every application.
+    pub created: Option<Duration>,
     pub latencies: Vec<Duration>,
     pub candidates_routed: usize,
     pub peak_rss_kib: u64,
@@ -96,6 +139,19 @@ pub struct RunReport {
     pub req_readiness: Counts,
     pub readiness_window: Duration,
     pub restart: Option<RestartReport>,
+}
+
+impl RunReport {
+    /// API requests (other than on Leases: leader election is time-, not work-driven) per
+    /// readiness change routed.
+    pub fn requests_per_readiness_change(&self) -> f64 {
+        self.req_readiness.non_lease() as f64 / self.candidates_routed.max(1) as f64
+    }
+
+    /// From the benchmark's last create until the last VirtualService converged.
+    pub fn after_last_create(&self) -> Option<Duration> {
+        Some(self.convergence?.saturating_sub(self.created?))
+    }
 }
 
 /// Figures of the no-change restart.
@@ -340,8 +396,10 @@ impl Audit {
                     .unwrap_or_default()
                     .to_string(),
                 verb,
+                // A request on no resource (discovery, /version) by its path.
                 resource: v["objectRef"]["resource"]
                     .as_str()
+                    .or_else(|| v["requestURI"].as_str()?.split('?').next())
                     .unwrap_or("-")
                     .to_string(),
                 subresource: v["objectRef"]["subresource"]
@@ -378,17 +436,16 @@ impl Audit {
         Ok(c)
     }
 
-    /// Whether `user` has started watches on configmaps and inferenceservices since `from`.
-    fn watching(&self, user: &str, from: u64) -> bool {
+    /// Whether `user` has started watches on every one of `resources` since `from`.
+    fn watching(&self, user: &str, from: u64, resources: &[&str]) -> bool {
         let Ok(lines) = self.lines(from, self.offset()) else {
             return false;
         };
-        let w = |r: &str| {
+        resources.iter().all(|r| {
             lines
                 .iter()
-                .any(|l| l.user == user && l.verb == "watch" && l.resource == r)
-        };
-        w("configmaps") && w("inferenceservices") && w("virtualservices")
+                .any(|l| l.user == user && l.verb == "watch" && l.resource == *r)
+        })
     }
 
     /// Waits until `user` has sent no request (other than on leases) for `quiet`, or `cap`
@@ -510,9 +567,25 @@ fn start_controller(
 ) -> Result<Proc> {
     let dir = cp.dir().join(format!("{}-{tag}", kind.label()));
     std::fs::create_dir_all(&dir)?;
+    let log = std::fs::File::create(dir.join("controller.log"))?;
+    if kind == Kind::Floor {
+        let mut cmd = Command::new(&settings.floor);
+        cmd.args(["floor", "--namespace", ns, "--kubeconfig"])
+            .arg(kubeconfig)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} floor", settings.floor.display()))?;
+        return Ok(Proc {
+            child,
+            admin_port: None,
+        });
+    }
     let config = dir.join("config.yaml");
     std::fs::write(&config, CONTROLLER_CONFIG)?;
-    let log = std::fs::File::create(dir.join("controller.log"))?;
     let mut cmd;
     let mut admin_port = None;
     match kind {
@@ -531,6 +604,7 @@ fn start_controller(
             .arg(dir.join("metrics"))
             .env("LOG_LEVEL", "warn");
         }
+        Kind::Floor => unreachable!("started above"),
         Kind::Original => {
             // As its chart runs it: the A/B/n gRPC service and the metrics HTTP service (with
             // BadgerDB storage) start alongside the controllers; free ports and a private dir.
@@ -570,9 +644,15 @@ fn start_controller(
     Ok(Proc { child, admin_port })
 }
 
-/// Waits until the controller has started its watches (both controllers), and for ours until
+/// Waits until the contender has started its watches ([`Kind::watches`]), and for ours until
 /// /readyz answers 200.
-async fn wait_started(audit: &Audit, user: &str, from: u64, proc_: &mut Proc) -> Result<()> {
+async fn wait_started(
+    audit: &Audit,
+    kind: Kind,
+    user: &str,
+    from: u64,
+    proc_: &mut Proc,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = proc_.child.try_wait()? {
@@ -581,7 +661,7 @@ async fn wait_started(audit: &Audit, user: &str, from: u64, proc_: &mut Proc) ->
         let ready = proc_.admin_port.is_none_or(|p| {
             testenv::http::get_local(p, "/readyz").is_some_and(|r| r.status == 200)
         });
-        if ready && audit.watching(user, from) {
+        if ready && audit.watching(user, from, kind.watches()) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -612,6 +692,7 @@ pub async fn run_one(
     let kubeconfig = user_kubeconfig(cp, &client, &user).await?;
     let mut report = RunReport {
         kind: Some(kind),
+        namespace: ns.clone(),
         apps: settings.apps,
         ..RunReport::default()
     };
@@ -619,7 +700,7 @@ pub async fn run_one(
     let (arrivals, watch_task) = spawn_vs_watch(client.clone(), &ns);
     let off_start = audit.offset();
     let mut proc_ = start_controller(cp, settings, kind, &ns, &kubeconfig, &format!("{round}"))?;
-    wait_started(&audit, &user, off_start, &mut proc_).await?;
+    wait_started(&audit, kind, &user, off_start, &mut proc_).await?;
     let pid = proc_.pid();
     let cpu0 = cpu_seconds(pid);
 
@@ -634,6 +715,7 @@ pub async fn run_one(
         .try_collect::<Vec<()>>()
         .await?;
     let created = t0.elapsed();
+    report.created = Some(created);
     let deadline = t0 + settings.timeout;
     loop {
         let done = arrivals.lock().map(|g| g.primary.len()).unwrap_or(0);
@@ -738,7 +820,7 @@ pub async fn run_one(
         let off = audit.offset();
         let started = Instant::now();
         let mut p2 = start_controller(cp, settings, kind, &ns, &kc2, &format!("{round}-restart"))?;
-        wait_started(&audit, &user2, off, &mut p2).await?;
+        wait_started(&audit, kind, &user2, off, &mut p2).await?;
         if let Some(port) = p2.admin_port {
             wait_reconciled(port, settings.apps, settings.timeout).await?;
         }
@@ -774,7 +856,7 @@ pub async fn run_one(
     Ok(report)
 }
 
-/// Runs every controller in `settings.order`, each on a fresh namespace.
+/// Runs every contender in `settings.order`, each on a fresh namespace.
 pub async fn run(cp: &ControlPlane, settings: &Settings) -> Result<Vec<RunReport>> {
     let mut out = Vec::new();
     for (round, kind) in settings.order.iter().enumerate() {
@@ -803,13 +885,16 @@ fn secs(d: Option<Duration>) -> String {
         .unwrap_or_else(|| "—".into())
 }
 
-fn ratio(orig: f64, ours: f64) -> String {
-    if ours == 0.0 && orig == 0.0 {
+/// `a ÷ b`: how many times `b`'s figure `a`'s is; empty when either is not a number.
+fn ratio(a: f64, b: f64) -> String {
+    if a.is_nan() || b.is_nan() {
+        String::new()
+    } else if a == 0.0 && b == 0.0 {
         "=".into()
-    } else if ours == 0.0 {
+    } else if b == 0.0 {
         "∞".into()
     } else {
-        format!("{:.1}x", orig / ours)
+        format!("{:.2}x", a / b)
     }
 }
 
@@ -817,149 +902,173 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-/// The Markdown table comparing the first run of each kind.
+/// The ratio columns of the table: (numerator, denominator, heading).
+const RATIOS: [(Kind, Kind, &str); 2] = [
+    (Kind::Ours, Kind::Floor, "ours ÷ floor"),
+    (Kind::Original, Kind::Ours, "original ÷ ours"),
+];
+
+/// A figure of one contender: its text, and the number ratios are taken of (NaN: none).
+type Cell = (String, f64);
+
+/// The Markdown table comparing the first run of each contender: a column per contender that
+/// ran (floor, ours, original), then "ours ÷ floor" and "original ÷ ours" where both ran.
 pub fn markdown(reports: &[RunReport]) -> String {
-    let find = |k: Kind| reports.iter().find(|r| r.kind == Some(k));
-    let (Some(o), Some(g)) = (find(Kind::Ours), find(Kind::Original)) else {
-        return "need one run of each controller\n".into();
+    let runs: Vec<&RunReport> = Kind::ALL
+        .iter()
+        .filter_map(|k| reports.iter().find(|r| r.kind == Some(*k)))
+        .collect();
+    let Some(first) = runs.first() else {
+        return "no run\n".into();
     };
-    let m = |r: &RunReport| r.candidates_routed.max(1) as f64;
-    let mut rows: Vec<(String, String, String, String)> = Vec::new();
-    let d = |x: Option<Duration>| x.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
-    let mut row =
-        |name: &str, ours: String, orig: String, r: String| rows.push((name.into(), ours, orig, r));
+    let ratios: Vec<_> = RATIOS
+        .into_iter()
+        .filter(|(a, b, _)| {
+            [a, b]
+                .iter()
+                .all(|k| runs.iter().any(|r| r.kind == Some(**k)))
+        })
+        .collect();
+    let mut rows: Vec<(String, Vec<Cell>)> = Vec::new();
+    let mut row = |name: String, cell: &dyn Fn(&RunReport) -> Cell| {
+        rows.push((name, runs.iter().map(|r| cell(r)).collect()));
+    };
+    let secs_of = |x: Option<Duration>| x.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
+    let routed = runs.iter().map(|r| r.candidates_routed).max().unwrap_or(0);
+    let per_change = |r: &RunReport, n: u64| n as f64 / r.candidates_routed.max(1) as f64;
+
+    row(format!("bulk convergence, {} apps", first.apps), &|r| {
+        (
+            format!("{} ({}/{})", secs(r.convergence), r.converged, r.apps),
+            secs_of(r.convergence),
+        )
+    });
     row(
-        &format!("bulk convergence, {} apps", o.apps),
-        format!("{} ({}/{})", secs(o.convergence), o.converged, o.apps),
-        format!("{} ({}/{})", secs(g.convergence), g.converged, g.apps),
-        ratio(d(g.convergence), d(o.convergence)),
+        "… of which the benchmark creating the apps".into(),
+        &|r| (secs(r.created), f64::NAN),
     );
+    row("… convergence after the last create".into(), &|r| {
+        (ms(r.after_last_create()), secs_of(r.after_last_create()))
+    });
     for (label, p) in [("p50", 50.0), ("p95", 95.0), ("p99", 99.0)] {
         row(
-            &format!(
-                "readiness→route {label} ({} candidates)",
-                o.candidates_routed
-            ),
-            ms(pct(&o.latencies, p)),
-            ms(pct(&g.latencies, p)),
-            ratio(d(pct(&g.latencies, p)), d(pct(&o.latencies, p))),
+            format!("readiness→route {label} ({routed} candidates)"),
+            &|r| {
+                let v = pct(&r.latencies, p);
+                (ms(v), secs_of(v))
+            },
         );
     }
+    row("peak RSS (VmHWM)".into(), &|r| {
+        (mib(r.peak_rss_kib), r.peak_rss_kib as f64)
+    });
+    row("steady RSS (VmRSS after readiness phase)".into(), &|r| {
+        (mib(r.steady_rss_kib), r.steady_rss_kib as f64)
+    });
+    row("CPU during bulk convergence".into(), &|r| {
+        (format!("{:.2} s", r.cpu_converge_s), r.cpu_converge_s)
+    });
+    row("CPU total (convergence + readiness)".into(), &|r| {
+        (format!("{:.2} s", r.cpu_total_s), r.cpu_total_s)
+    });
+    row("API requests, bulk convergence (per app)".into(), &|r| {
+        let n = r.req_converge.total;
+        (
+            format!("{n} ({:.1})", n as f64 / r.apps.max(1) as f64),
+            n as f64,
+        )
+    });
     row(
-        "peak RSS (VmHWM)",
-        mib(o.peak_rss_kib),
-        mib(g.peak_rss_kib),
-        ratio(g.peak_rss_kib as f64, o.peak_rss_kib as f64),
+        "API requests per readiness change (excl. lease)".into(),
+        &|r| {
+            let v = r.requests_per_readiness_change();
+            (format!("{v:.2}"), v)
+        },
     );
     row(
-        "steady RSS (VmRSS after readiness phase)",
-        mib(o.steady_rss_kib),
-        mib(g.steady_rss_kib),
-        ratio(g.steady_rss_kib as f64, o.steady_rss_kib as f64),
+        "API requests per readiness change (all, incl. lease renewals)".into(),
+        &|r| {
+            let v = per_change(r, r.req_readiness.total);
+            (format!("{v:.2}"), v)
+        },
     );
+    row("VS writes per readiness change".into(), &|r| {
+        let v = per_change(r, r.req_readiness.vs_writes);
+        (format!("{v:.2}"), v)
+    });
     row(
-        "CPU during bulk convergence",
-        format!("{:.2} s", o.cpu_converge_s),
-        format!("{:.2} s", g.cpu_converge_s),
-        ratio(g.cpu_converge_s, o.cpu_converge_s),
+        "other writes per readiness change (events / finalizers / leases)".into(),
+        &|r| {
+            let c = &r.req_readiness;
+            (
+                format!(
+                    "{:.2} ({} ev, {} other, {} lease)",
+                    per_change(r, c.writes() - c.vs_writes),
+                    c.event_writes,
+                    c.other_writes,
+                    c.lease_writes
+                ),
+                f64::NAN,
+            )
+        },
     );
-    row(
-        "CPU total (convergence + readiness)",
-        format!("{:.2} s", o.cpu_total_s),
-        format!("{:.2} s", g.cpu_total_s),
-        ratio(g.cpu_total_s, o.cpu_total_s),
-    );
-    row(
-        "API requests, bulk convergence (per app)",
-        format!(
-            "{} ({:.1})",
-            o.req_converge.total,
-            o.req_converge.total as f64 / o.apps as f64
-        ),
-        format!(
-            "{} ({:.1})",
-            g.req_converge.total,
-            g.req_converge.total as f64 / g.apps as f64
-        ),
-        ratio(g.req_converge.total as f64, o.req_converge.total as f64),
-    );
-    row(
-        "API requests per readiness change (excl. lease)",
-        format!("{:.1}", o.req_readiness.non_lease() as f64 / m(o)),
-        format!("{:.1}", g.req_readiness.non_lease() as f64 / m(g)),
-        ratio(
-            g.req_readiness.non_lease() as f64 / m(g),
-            o.req_readiness.non_lease() as f64 / m(o),
-        ),
-    );
-    row(
-        "API requests per readiness change (all, incl. lease renewals)",
-        format!("{:.1}", o.req_readiness.total as f64 / m(o)),
-        format!("{:.1}", g.req_readiness.total as f64 / m(g)),
-        ratio(
-            g.req_readiness.total as f64 / m(g),
-            o.req_readiness.total as f64 / m(o),
-        ),
-    );
-    row(
-        "VS writes per readiness change",
-        format!("{:.1}", o.req_readiness.vs_writes as f64 / m(o)),
-        format!("{:.1}", g.req_readiness.vs_writes as f64 / m(g)),
-        ratio(
-            g.req_readiness.vs_writes as f64 / m(g),
-            o.req_readiness.vs_writes as f64 / m(o),
-        ),
-    );
-    row(
-        "other writes per readiness change (events / finalizers / leases)",
-        format!(
-            "{:.1} ({} ev, {} other, {} lease)",
-            (o.req_readiness.writes() - o.req_readiness.vs_writes) as f64 / m(o),
-            o.req_readiness.event_writes,
-            o.req_readiness.other_writes,
-            o.req_readiness.lease_writes
-        ),
-        format!(
-            "{:.1} ({} ev, {} other, {} lease)",
-            (g.req_readiness.writes() - g.req_readiness.vs_writes) as f64 / m(g),
-            g.req_readiness.event_writes,
-            g.req_readiness.other_writes,
-            g.req_readiness.lease_writes
-        ),
-        String::new(),
-    );
-    if let (Some(ro), Some(rg)) = (&o.restart, &g.restart) {
-        let cap = |r: &RestartReport| if r.capped { " (capped)" } else { "" };
+    if runs.iter().any(|r| r.restart.is_some()) {
+        let none = || ("—".to_string(), f64::NAN);
         row(
-            "no-change restart: API requests (excl. lease)",
-            format!("{}", ro.counts.non_lease()),
-            format!("{}", rg.counts.non_lease()),
-            ratio(rg.counts.non_lease() as f64, ro.counts.non_lease() as f64),
+            "no-change restart: API requests (excl. lease)".into(),
+            &|r| {
+                r.restart.as_ref().map_or_else(none, |x| {
+                    let n = x.counts.non_lease();
+                    (n.to_string(), n as f64)
+                })
+            },
         );
         row(
-            "no-change restart: writes (VS / events / other, excl. lease)",
-            format!(
-                "{} / {} / {}",
-                ro.counts.vs_writes, ro.counts.event_writes, ro.counts.other_writes
-            ),
-            format!(
-                "{} / {} / {}",
-                rg.counts.vs_writes, rg.counts.event_writes, rg.counts.other_writes
-            ),
-            String::new(),
+            "no-change restart: writes (VS / events / other, excl. lease)".into(),
+            &|r| {
+                r.restart.as_ref().map_or_else(none, |x| {
+                    let c = &x.counts;
+                    (
+                        format!("{} / {} / {}", c.vs_writes, c.event_writes, c.other_writes),
+                        f64::NAN,
+                    )
+                })
+            },
         );
-        row(
-            "no-change restart: busy for",
-            format!("{:.1} s{}", ro.quiet_after.as_secs_f64(), cap(ro)),
-            format!("{:.1} s{}", rg.quiet_after.as_secs_f64(), cap(rg)),
-            ratio(rg.quiet_after.as_secs_f64(), ro.quiet_after.as_secs_f64()),
-        );
+        row("no-change restart: busy for".into(), &|r| {
+            r.restart.as_ref().map_or_else(none, |x| {
+                let capped = if x.capped { " (capped)" } else { "" };
+                let s = x.quiet_after.as_secs_f64();
+                (format!("{s:.1} s{capped}"), s)
+            })
+        });
     }
-    let mut s = String::from(
-        "| metric | ours | original v1.1.2 | original ÷ ours |\n|---|---:|---:|---:|\n",
-    );
-    for (a, b, c, dd) in rows {
-        s.push_str(&format!("| {a} | {b} | {c} | {dd} |\n"));
+
+    let heading = |k: Kind| match k {
+        Kind::Original => "original v1.1.2",
+        k => k.label(),
+    };
+    let mut s = String::from("| metric |");
+    for r in &runs {
+        s.push_str(&format!(" {} |", r.kind.map(heading).unwrap_or("?")));
+    }
+    for (_, _, h) in &ratios {
+        s.push_str(&format!(" {h} |"));
+    }
+    s.push_str("\n|---|");
+    s.push_str(&"---:|".repeat(runs.len() + ratios.len()));
+    s.push('\n');
+    let index = |k: Kind| runs.iter().position(|r| r.kind == Some(k));
+    for (name, cells) in rows {
+        s.push_str(&format!("| {name} |"));
+        for (text, _) in &cells {
+            s.push_str(&format!(" {text} |"));
+        }
+        for (a, b, _) in &ratios {
+            let value = |k: Kind| index(k).map_or(f64::NAN, |i| cells[i].1);
+            s.push_str(&format!(" {} |", ratio(value(*a), value(*b))));
+        }
+        s.push('\n');
     }
     s
 }

@@ -1,17 +1,23 @@
-//! `bench --apps N --candidates M`: our controller against the original Iter8 v1.1.2 controller,
-//! side by side, on a real control plane. Prints Markdown. See the library docs and
-//! BENCHMARKS.md.
+//! `bench --apps N --candidates M`: the floor (the least a controller can do), our controller
+//! and the original Iter8 v1.1.2 controller, side by side, on a real control plane. Prints
+//! Markdown. See the library docs and BENCHMARKS.md. `bench floor` (hidden) is the floor
+//! itself, which the benchmark starts as a process of its own.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use bench::{Kind, Settings};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "Benchmark our controller against the original Iter8 v1.1.2 controller")]
+#[command(
+    about = "Benchmark our controller against the floor and the original Iter8 v1.1.2 controller",
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Cmd>,
     /// Number of applications (two InferenceServices and a routemap each).
     #[arg(long, default_value_t = 100)]
     apps: usize,
@@ -34,9 +40,9 @@ struct Args {
     /// Helm's settings) by setting HELM_QPS / HELM_BURST_LIMIT to this value.
     #[arg(long)]
     original_qps: Option<u32>,
-    /// Run order: ours,original (alternating), or original,ours, or one of them.
-    #[arg(long, default_value = "ours,original")]
-    order: String,
+    /// Contenders, in run order: any of floor, ours, original, comma-separated.
+    #[arg(long, visible_alias = "order", default_value = "floor,ours,original")]
+    contenders: String,
     /// Benchmark the A/B/n service (Lookup, WriteMetric) instead of routing.
     #[arg(long)]
     abn: bool,
@@ -61,9 +67,32 @@ struct Args {
     abn_users: usize,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
+#[derive(Subcommand)]
+enum Cmd {
+    /// The floor: watches InferenceServices and applies precomputed VirtualServices (run by
+    /// the benchmark as a contender of its own).
+    #[command(hide = true)]
+    Floor {
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        #[arg(long)]
+        namespace: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if let Some(Cmd::Floor {
+        kubeconfig,
+        namespace,
+    }) = args.command.take()
+    {
+        return bench::floor::main(&kubeconfig, &namespace);
+    }
+    tokio::runtime::Runtime::new()?.block_on(bench_main(args))
+}
+
+async fn bench_main(args: Args) -> Result<()> {
     let ours = args.ours.unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/iter8")
     });
@@ -73,13 +102,21 @@ async fn main() -> Result<()> {
             ours.display()
         );
     }
+    let order = bench::parse_contenders(&args.contenders)?;
+    let needs_original = args.abn || (!args.load && order.contains(&Kind::Original));
     let original = match args.original {
         Some(p) => p,
-        None => bench::original_binary()?,
+        None if needs_original => bench::original_binary()?,
+        // Not run: any path.
+        None => PathBuf::from("iter8-original"),
     };
     // The controllers run in folders of their own: absolute paths.
     let ours = std::fs::canonicalize(&ours)?;
-    let original = std::fs::canonicalize(&original)?;
+    let original = if needs_original {
+        std::fs::canonicalize(&original)?
+    } else {
+        original
+    };
     if args.load {
         let fortio = bench::load_http::fortio_binary()?;
         let ghz = bench::load_grpc::ghz_binary()?;
@@ -119,14 +156,8 @@ async fn main() -> Result<()> {
         println!("{}", bench::abn::markdown(&report));
         return Ok(());
     }
-    let mut order = Vec::new();
-    for k in args.order.split(',') {
-        order.push(match k.trim() {
-            "ours" => Kind::Ours,
-            "original" => Kind::Original,
-            other => bail!("unknown controller {other:?} in --order"),
-        });
-    }
+    // The floor is this very binary's hidden subcommand.
+    let floor = std::env::current_exe()?;
     let mut original_env = Vec::new();
     if let Some(q) = args.original_qps {
         original_env.push(("HELM_QPS".to_string(), q.to_string()));
@@ -137,6 +168,7 @@ async fn main() -> Result<()> {
         candidates: args.candidates.min(args.apps),
         ours,
         original,
+        floor,
         timeout: Duration::from_secs(args.timeout),
         restart: !args.no_restart,
         original_env,
