@@ -105,6 +105,13 @@ async fn handle(
     response(status, "text/plain; charset=utf-8", body.into())
 }
 
+/// The request's query parameters (the last of a repeated name wins).
+fn query_params<B>(req: &Request<B>) -> HashMap<String, String> {
+    form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
 fn response(status: StatusCode, content_type: &str, body: Bytes) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -132,10 +139,7 @@ fn analysis_dashboard<B>(req: &Request<B>, controller: &Controller) -> Response<
     if req.method() != hyper::Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "expected GET".into());
     }
-    let query: HashMap<String, String> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
+    let query = query_params(req);
     let param = |k: &str| query.get(k).filter(|v| !v.is_empty());
     let (Some(namespace), Some(application)) = (param("namespace"), param("application")) else {
         return text(
@@ -163,10 +167,7 @@ async fn abn_dashboard<B>(req: &Request<B>, abn: &Abn) -> Response<Full<Bytes>> 
     if req.method() != hyper::Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "expected GET".into());
     }
-    let query: HashMap<String, String> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
+    let query = query_params(req);
     let param = |k: &str| query.get(k).filter(|v| !v.is_empty());
     let Some(application) = param("application") else {
         return text(StatusCode::BAD_REQUEST, "no application specified".into());
@@ -218,10 +219,7 @@ enum Task {
 /// namespace a DNS-1123 label, the test, a Helm release name, a DNS-1123 subdomain); else the
 /// 400's message (v1.1's when one is missing).
 fn test_params<B>(req: &Request<B>) -> Result<(String, String), String> {
-    let query: HashMap<String, String> =
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect();
+    let query = query_params(req);
     let param = |k: &str| query.get(k).filter(|v| !v.is_empty()).cloned();
     let Some(namespace) = param("namespace") else {
         return Err("no namespace specified".into());
