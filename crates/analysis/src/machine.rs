@@ -86,6 +86,9 @@ pub struct Facts {
     /// Each version's signature (specs of its resources); a change restarts the analysis.
     pub subject: Vec<String>,
     pub candidate_ready: bool,
+    /// The primary is the baseline and takes the rest of the traffic: a ramp starts only
+    /// once it is ready, so an early candidate never serves everything alone.
+    pub primary_ready: bool,
 }
 
 /// The stored state of one application's analysis.
@@ -222,7 +225,7 @@ pub fn observe(
     state.step = state.step.min(analysis.steps.len().saturating_sub(1));
     match state.phase {
         Phase::Promoted | Phase::RolledBack => {}
-        Phase::Waiting if facts.candidate_ready => {
+        Phase::Waiting if facts.candidate_ready && facts.primary_ready => {
             state.enter(Phase::Progressing, now, String::new());
             state.passes = 0;
             state.next = Some(plus(now, analysis.interval));
@@ -232,6 +235,10 @@ pub fn observe(
                 reason: "AnalysisProgressing",
                 text: format!("the candidate is ready: {}", state.message),
             });
+        }
+        Phase::Waiting if facts.candidate_ready => {
+            // Not the candidate's fault: no deadline, and started as soon as the primary is.
+            state.message = "the candidate is ready; waiting for the primary to be ready".into();
         }
         Phase::Waiting => {
             if now >= plus(state.since, analysis.progress_deadline) {

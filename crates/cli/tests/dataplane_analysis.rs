@@ -275,12 +275,10 @@ async fn release(
             .await
             .unwrap();
     }
-    let (r0, r1) = tokio::join!(
-        dp.serve_inference_service(ns, "wisdom-0"),
-        dp.serve_inference_service(ns, "wisdom-1"),
-    );
-    r0.unwrap();
-    r1.unwrap();
+    // The candidate is ready first: it must still get nothing until the primary is ready
+    // too (it would be the only destination), and then only the first step's share.
+    dp.serve_inference_service(ns, "wisdom-1").await.unwrap();
+    dp.serve_inference_service(ns, "wisdom-0").await.unwrap();
 }
 
 async fn setup(

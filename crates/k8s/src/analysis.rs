@@ -141,6 +141,7 @@ pub fn steer(
                     &Facts {
                         subject: weighing.signatures.clone(),
                         candidate_ready: false,
+                        primary_ready: true,
                     },
                     jiff::Timestamp::UNIX_EPOCH,
                 ),
@@ -264,6 +265,7 @@ mod tests {
         let facts = Facts {
             subject: vec!["p".into(), "c".into()],
             candidate_ready: true,
+            primary_ready: true,
         };
         let now = jiff::Timestamp::UNIX_EPOCH;
         let (state, _) = machine::observe(None, a.as_ref().expect("ok"), &facts, now);
@@ -297,6 +299,7 @@ mod tests {
         let facts = Facts {
             subject: vec!["p".into(), "c".into()],
             candidate_ready: false,
+            primary_ready: true,
         };
         let a = analysis("strategy: canary");
         let (state, _) = machine::observe(None, &a, &facts, jiff::Timestamp::UNIX_EPOCH);

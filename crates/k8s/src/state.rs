@@ -446,6 +446,7 @@ impl State {
                 facts: iter8_analysis::Facts {
                     subject: weighing.signatures.clone(),
                     candidate_ready: weighing.available.get(1).copied().unwrap_or(false),
+                    primary_ready: weighing.available.first().copied().unwrap_or(false),
                 },
                 subject: glue::subject(key, rm, &weighing),
                 stored: self.statuses.get(key).cloned(),

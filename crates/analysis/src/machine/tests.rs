@@ -17,6 +17,7 @@ fn facts(ready: bool) -> Facts {
     Facts {
         subject: vec!["p".into(), "c".into()],
         candidate_ready: ready,
+        primary_ready: true,
     }
 }
 
@@ -144,6 +145,7 @@ fn failures_roll_back_at_the_limit_and_latch() {
     let new = Facts {
         subject: vec!["p".into(), "c2".into()],
         candidate_ready: false,
+        primary_ready: true,
     };
     let (fresh, changes) = observe(Some(&again), &a, &new, t(1001));
     assert_eq!(
@@ -291,6 +293,7 @@ fn a_version_still_being_created_restarts_the_wait_quietly() {
     let creating = Facts {
         subject: vec!["p".into(), String::new()],
         candidate_ready: false,
+        primary_ready: true,
     };
     let (s, _) = observe(None, &a, &creating, t(0));
     let (s, changes) = observe(Some(&s), &a, &facts(false), t(1));
@@ -299,4 +302,28 @@ fn a_version_still_being_created_restarts_the_wait_quietly() {
         (Phase::Waiting, facts(false).subject)
     );
     assert!(changes.is_empty(), "{changes:?}");
+}
+
+#[test]
+fn a_candidate_ready_before_the_primary_waits_for_it_without_a_deadline() {
+    let a = bg();
+    let early = Facts {
+        subject: vec!["p".into(), "c".into()],
+        candidate_ready: true,
+        primary_ready: false,
+    };
+    let (s, changes) = observe(None, &a, &early, t(0));
+    assert_eq!(s.phase, Phase::Waiting);
+    assert!(changes.is_empty(), "{changes:?}");
+    assert!(s.message.contains("primary"), "{}", s.message);
+    // No traffic for it meanwhile: it would be the only destination.
+    assert_eq!(traffic(&a, &s, &[false, true], &[100, 0]).0, vec![1, 0]);
+    // Long past the readiness deadline: not the candidate's fault, so no rollback.
+    let late = t(a.progress_deadline.as_secs() as i64 * 10);
+    let (s, changes) = observe(Some(&s), &a, &early, late);
+    assert_eq!(s.phase, Phase::Waiting, "{changes:?}");
+    // The primary is ready: the ramp starts at its first step.
+    let (s, _) = observe(Some(&s), &a, &facts(true), late);
+    assert_eq!(s.phase, Phase::Progressing);
+    assert_eq!(traffic(&a, &s, &[true, true], &[100, 0]).0, vec![90, 10]);
 }
