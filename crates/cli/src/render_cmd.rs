@@ -213,13 +213,13 @@ fn load_objects(
                 );
                 continue;
             }
-            let observed = Observed {
-                generation: obj["metadata"]["generation"].as_i64(),
-                deleting: !obj["metadata"]["deletionTimestamp"].is_null(),
-                annotations: str_map(&obj["metadata"]["annotations"]),
-                spec: obj.get("spec").cloned(),
-                status: obj.get("status").cloned(),
-            };
+            let observed = Observed::new(
+                obj["metadata"]["generation"].as_i64(),
+                !obj["metadata"]["deletionTimestamp"].is_null(),
+                str_map(&obj["metadata"]["annotations"]),
+            )
+            .with_spec(obj.get("spec").unwrap_or(&Value::Null))
+            .with_status(obj.get("status").unwrap_or(&Value::Null));
             for short in shorts {
                 objects.insert(
                     (short.clone(), ns.to_string(), name.to_string()),

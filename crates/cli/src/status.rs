@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures::{stream, StreamExt};
-use iter8_core::availability::{object_ready, Observed};
+use iter8_core::availability::object_ready;
 use iter8_core::config::{Config, ResourceType};
 use iter8_k8s::analysis as glue;
 use iter8_k8s::keys::Gvr;
@@ -222,17 +222,22 @@ pub fn blocking(
     let why = match object_ready(rtype, &observed) {
         Ok(true) => return None,
         Ok(false) if observed.deleting => "being deleted".to_string(),
-        Ok(false) => unmet_condition(rtype, &observed).unwrap_or_else(|| "not ready".to_string()),
+        Ok(false) => unmet_condition(rtype, observed.generation, obj.data.get("status"))
+            .unwrap_or_else(|| "not ready".to_string()),
         Err(problem) => problem,
     };
     Some(format!("{kind} {name}: {why}"))
 }
 
-/// The first configured condition `obj` does not meet, in words.
-fn unmet_condition(rtype: &ResourceType, obj: &Observed) -> Option<String> {
-    let conditions: Vec<&Value> = obj
-        .status
-        .as_ref()
+/// The first configured condition an object at `generation` with `status` does not meet,
+/// in words.
+fn unmet_condition(
+    rtype: &ResourceType,
+    generation: Option<i64>,
+    status: Option<&Value>,
+) -> Option<String> {
+    let raw = status.filter(|s| !s.is_null());
+    let conditions: Vec<&Value> = raw
         .and_then(|s| s.get("conditions"))
         .and_then(Value::as_array)
         .map(|a| a.iter().collect())
@@ -244,7 +249,7 @@ fn unmet_condition(rtype: &ResourceType, obj: &Observed) -> Option<String> {
             .filter(|c| text(c, "type").eq_ignore_ascii_case(wanted))
             .collect();
         if of_type.is_empty() {
-            return Some(if obj.status.is_none() {
+            return Some(if raw.is_none() {
                 format!("no status yet (waiting for a {wanted} condition)")
             } else {
                 format!("no {wanted} condition yet")
@@ -266,9 +271,9 @@ fn unmet_condition(rtype: &ResourceType, obj: &Observed) -> Option<String> {
             }
             let observed = c
                 .get("observedGeneration")
-                .or_else(|| obj.status.as_ref()?.get("observedGeneration"))
+                .or_else(|| raw?.get("observedGeneration"))
                 .and_then(Value::as_i64);
-            if let (true, Some(g), Some(o)) = (rtype.check_generation, obj.generation, observed) {
+            if let (true, Some(g), Some(o)) = (rtype.check_generation, generation, observed) {
                 if o < g {
                     return Some(format!(
                         "{} is True but describes generation {o}; the object is at generation {g} (its controller has not caught up)",

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use iter8_core::availability::{object_ready, Observed};
+use iter8_core::availability::object_ready;
 use iter8_core::config::ResourceType;
 use iter8_load::result::{ExperimentResult, ITER8_VERSION};
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -185,13 +185,7 @@ async fn ready(args: &RunArgs, with: &Value) -> Result<()> {
         let last;
         match api.get_opt(&r.name).await {
             Ok(Some(obj)) => {
-                let observed = Observed {
-                    generation: obj.metadata.generation,
-                    deleting: obj.metadata.deletion_timestamp.is_some(),
-                    annotations: Default::default(),
-                    spec: obj.data.get("spec").cloned(),
-                    status: obj.data.get("status").cloned(),
-                };
+                let observed = iter8_k8s::state::observe(&obj);
                 match object_ready(&rtype, &observed) {
                     Ok(true) => {
                         tracing::info!(object = %r.name, "ready");

@@ -16,19 +16,119 @@ pub const WEIGHT_ANNOTATION: &str = "iter8.tools/weight";
 /// Weight of an available version that declares none.
 pub const DEFAULT_WEIGHT: u32 = 1;
 
-/// The fields of a watched object the core reads; the glue trims objects to this.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The fields of a watched object the core reads, digested when the object is observed so a
+/// store holds a few hundred bytes per object instead of its whole JSON: the generation, the
+/// deletion state, the annotations the core reads, the spec as canonical JSON (for
+/// signatures) and the status conditions (for readiness).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
     /// `metadata.generation`.
     pub generation: Option<i64>,
     /// Whether `metadata.deletionTimestamp` is set.
     pub deleting: bool,
-    /// `metadata.annotations`.
+    /// `metadata.annotations` (the glue keeps only those the core reads).
     pub annotations: BTreeMap<String, String>,
-    /// The object's `spec`, if it has one.
-    pub spec: Option<Value>,
-    /// The object's `status`, if it has one.
-    pub status: Option<Value>,
+    /// The canonical JSON of `spec` (`null` without one).
+    spec: String,
+    /// What readiness reads of `status`, or what is malformed in it.
+    status: Result<Option<Status>, String>,
+}
+
+impl Default for Observed {
+    fn default() -> Self {
+        Observed {
+            generation: None,
+            deleting: false,
+            annotations: BTreeMap::new(),
+            spec: "null".to_string(),
+            status: Ok(None),
+        }
+    }
+}
+
+/// The part of a `status` readiness reads: its conditions and `observedGeneration`.
+#[derive(Clone, Debug, PartialEq)]
+struct Status {
+    conditions: Vec<Condition>,
+    observed_generation: Option<i64>,
+}
+
+/// One entry of `status.conditions`.
+#[derive(Clone, Debug, PartialEq)]
+struct Condition {
+    kind: String,
+    status: String,
+    observed_generation: Option<i64>,
+}
+
+impl Observed {
+    /// An object with this metadata, no spec and no status.
+    pub fn new(
+        generation: Option<i64>,
+        deleting: bool,
+        annotations: BTreeMap<String, String>,
+    ) -> Self {
+        Observed {
+            generation,
+            deleting,
+            annotations,
+            ..Observed::default()
+        }
+    }
+
+    /// With this `spec`.
+    pub fn with_spec(mut self, spec: &Value) -> Self {
+        self.spec.clear();
+        write_canonical(spec, &mut self.spec);
+        self
+    }
+
+    /// With this `status`.
+    pub fn with_status(mut self, status: &Value) -> Self {
+        self.status = digest_status(status);
+        self
+    }
+}
+
+/// Reads the conditions of a `status`, checking their shape. `Ok(None)` is no status or no
+/// conditions (not ready); `Err` names what is malformed.
+fn digest_status(status: &Value) -> Result<Option<Status>, String> {
+    let status = match status {
+        Value::Null => return Ok(None),
+        Value::Object(m) => m,
+        _ => return Err("status is not an object".to_string()),
+    };
+    let entries = match status.get("conditions") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err("status.conditions is not a list".to_string()),
+    };
+    let mut conditions = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let Value::Object(m) = entry else {
+            return Err(format!("status.conditions[{i}] is not an object"));
+        };
+        let field = |name: &str| match m.get(name) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            _ => Err(format!("status.conditions[{i}].{name} is not a string")),
+        };
+        conditions.push(Condition {
+            kind: field("type")?,
+            status: field("status")?,
+            observed_generation: generation_field(
+                m.get("observedGeneration"),
+                &format!("status.conditions[{i}].observedGeneration"),
+            )?,
+        });
+    }
+    let observed_generation = generation_field(
+        status.get("observedGeneration"),
+        "status.observedGeneration",
+    )?;
+    Ok(Some(Status {
+        conditions,
+        observed_generation,
+    }))
 }
 
 /// The outcome of [`weigh`], one entry per version in routemap order.
@@ -125,11 +225,11 @@ pub fn weigh(
         };
 
         let signature = if objects.iter().all(Option::is_some) {
-            let specs: Vec<Option<&Value>> = objects
+            let specs: Vec<&str> = objects
                 .iter()
-                .map(|o| o.as_ref().and_then(|o| o.spec.as_ref()))
+                .map(|o| o.as_ref().map_or("null", |o| o.spec.as_str()))
                 .collect();
-            signature(&specs)
+            canonical_signature(&specs)
         } else {
             String::new()
         };
@@ -167,13 +267,6 @@ fn generation_field(v: Option<&Value>, path: &str) -> Result<Option<i64>, String
     }
 }
 
-/// One entry of `status.conditions`, checked for shape.
-struct Condition<'a> {
-    kind: &'a str,
-    status: &'a str,
-    observed_generation: Option<i64>,
-}
-
 /// Whether one object is ready by the rules of its type (not being deleted, every condition
 /// satisfied): what a version's readiness requires of each of its resources. `Err` names
 /// what is malformed.
@@ -193,50 +286,25 @@ fn conditions_satisfied(rtype: &ResourceType, obj: &Observed) -> Result<bool, St
         return Ok(true);
     }
     let status = match &obj.status {
-        None | Some(Value::Null) => return Ok(false),
-        Some(Value::Object(m)) => m,
-        Some(_) => return Err("status is not an object".to_string()),
+        Err(problem) => return Err(problem.clone()),
+        Ok(None) => return Ok(false),
+        Ok(Some(status)) => status,
     };
-    let entries = match status.get("conditions") {
-        None | Some(Value::Null) => return Ok(false),
-        Some(Value::Array(a)) => a,
-        Some(_) => return Err("status.conditions is not a list".to_string()),
-    };
-    // Check every entry's shape first, so a malformed list is reported however the
-    // configured conditions happen to match.
-    let mut conditions = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        let Value::Object(m) = entry else {
-            return Err(format!("status.conditions[{i}] is not an object"));
-        };
-        let field = |name: &str| match m.get(name) {
-            Some(Value::String(s)) => Ok(s.as_str()),
-            _ => Err(format!("status.conditions[{i}].{name} is not a string")),
-        };
-        conditions.push(Condition {
-            kind: field("type")?,
-            status: field("status")?,
-            observed_generation: generation_field(
-                m.get("observedGeneration"),
-                &format!("status.conditions[{i}].observedGeneration"),
-            )?,
-        });
-    }
-    let status_observed = generation_field(
-        status.get("observedGeneration"),
-        "status.observedGeneration",
-    )?;
     let fresh = |c: &Condition| {
         if !rtype.check_generation {
             return true;
         }
-        match (obj.generation, c.observed_generation.or(status_observed)) {
+        match (
+            obj.generation,
+            c.observed_generation.or(status.observed_generation),
+        ) {
             (Some(generation), Some(observed)) => observed >= generation,
             _ => true,
         }
     };
     Ok(rtype.conditions.iter().all(|wanted| {
-        let mut of_type = conditions
+        let mut of_type = status
+            .conditions
             .iter()
             .filter(|c| c.kind.eq_ignore_ascii_case(wanted))
             .peekable();
@@ -250,15 +318,30 @@ fn conditions_satisfied(rtype: &ResourceType, obj: &Observed) -> Result<bool, St
 /// specs in order, a missing spec being `null`. Depends only on the specs, so it is the same
 /// in every process and after restarts.
 pub fn signature(specs: &[Option<&Value>]) -> String {
-    let mut canonical = String::from("[");
+    let canonical: Vec<String> = specs
+        .iter()
+        .map(|spec| {
+            let mut out = String::new();
+            write_canonical(spec.unwrap_or(&Value::Null), &mut out);
+            out
+        })
+        .collect();
+    let refs: Vec<&str> = canonical.iter().map(String::as_str).collect();
+    canonical_signature(&refs)
+}
+
+/// [`signature`] of specs already in canonical JSON.
+fn canonical_signature(specs: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"[");
     for (i, spec) in specs.iter().enumerate() {
         if i > 0 {
-            canonical.push(',');
+            hasher.update(b",");
         }
-        write_canonical(spec.unwrap_or(&Value::Null), &mut canonical);
+        hasher.update(spec.as_bytes());
     }
-    canonical.push(']');
-    let digest = Sha256::digest(canonical.as_bytes());
+    hasher.update(b"]");
+    let digest = hasher.finalize();
     let mut hex = String::with_capacity(16);
     for byte in &digest[..8] {
         // Writing to a String cannot fail.
@@ -381,10 +464,10 @@ unavailableReplicas: 1
     fn obj(generation: i64, status: &str) -> Observed {
         Observed {
             generation: Some(generation),
-            spec: Some(json!({"replicas": 1})),
-            status: Some(yaml(status)),
             ..Observed::default()
         }
+        .with_spec(&json!({"replicas": 1}))
+        .with_status(&yaml(status))
     }
 
     fn one(gvr: &str, name: &str, o: Option<Observed>) -> Store {
@@ -402,10 +485,12 @@ unavailableReplicas: 1
     /// Availability of a one-resource version for a table of objects.
     #[test]
     fn readiness_rules() {
-        let with_status = |gen: i64, status: Value| Observed {
-            generation: Some(gen),
-            status: Some(status),
-            ..Observed::default()
+        let with_status = |gen: i64, status: Value| {
+            Observed {
+                generation: Some(gen),
+                ..Observed::default()
+            }
+            .with_status(&status)
         };
         let cases: Vec<(&str, &str, Option<Observed>, bool)> = vec![
             ("missing isvc", "isvc", None, false),
@@ -653,10 +738,7 @@ unavailableReplicas: 1
             ),
         ];
         for (status, want) in cases {
-            let o = Observed {
-                status: Some(status.clone()),
-                ..Observed::default()
-            };
+            let o = Observed::default().with_status(&status);
             let w = run(
                 &spec1("isvc"),
                 &Config::default(),

@@ -381,13 +381,11 @@ fn lookup(gvr: &str, _ns: &str, name: &str) -> Option<Observed> {
     if name == "weighted" {
         annotations.insert("iter8.tools/weight".to_string(), "30".to_string());
     }
-    Some(Observed {
-        generation: Some(1),
-        deleting: false,
-        annotations,
-        spec: Some(json!({"name": name})),
-        status: Some(json!({"conditions": [{"type": condition, "status": status}]})),
-    })
+    Some(
+        Observed::new(Some(1), false, annotations)
+            .with_spec(&json!({"name": name}))
+            .with_status(&json!({"conditions": [{"type": condition, "status": status}]})),
+    )
 }
 
 fn meta() -> RoutemapMeta {

@@ -158,9 +158,9 @@ impl Applier {
     ) -> Result<Applied, Error> {
         let object = with_ownership(desired.object.clone(), routemap, uid);
         if let Some(live) = live {
-            if live.value["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
-                == object["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
-                && contains(&live.value, &object)
+            if live.applied_hash.as_deref()
+                == object["metadata"]["annotations"][APPLIED_HASH_ANNOTATION].as_str()
+                && contains(&live.value(), &object)
             {
                 self.metrics.apply("unchanged");
                 return Ok(Applied::Unchanged);

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use iter8_analysis::machine;
 use iter8_analysis::measure::{self, Sources};
 
-use crate::analysis::{self, Job, STATUS_KIND_LABEL};
+use crate::analysis::{self, Job, StatusRecord, STATUS_KIND_LABEL};
 use crate::applier::{Applied, Applier, Deleted, ROUTING_LABEL};
 use crate::error::Error;
 use crate::keys::{Gvr, ObjectKey, RoutemapKey};
@@ -28,7 +28,9 @@ use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use crate::plan::{self, template_subject, Inputs, Note, Plan, Report};
 use crate::queue::WorkQueue;
-use crate::state::{routemap_owner, Hold, RoutemapRecord, RoutingObject, State, LEGACY_FINALIZER};
+use crate::state::{
+    AppObject, Hold, RoutemapRecord, RoutingObject, RoutingSeen, State, LEGACY_FINALIZER,
+};
 use crate::sync::{SyncTracker, WatchId, WatchState};
 use crate::watch::{self, Change};
 
@@ -345,20 +347,20 @@ impl Controller {
     async fn watch_objects(self: Arc<Self>, gvr: Gvr) {
         let cfg = watcher::Config::default().labels(WATCH_LABEL);
         let me = self.clone();
-        let g = gvr.clone();
+        let (g, reduce_gvr) = (gvr.clone(), gvr.clone());
         watch::run(
             self.dynamic_api(&gvr),
             cfg,
             WatchId::Objects(gvr),
             self.sync.clone(),
             self.metrics.clone(),
+            move |o: DynamicObject| AppObject::of(object_key(&reduce_gvr, &o), &o),
             move |change| me.objects_changed(&g, change),
         )
         .await;
     }
 
-    fn objects_changed(&self, gvr: &Gvr, change: Change<DynamicObject>) {
-        let keyed = |o: DynamicObject| (object_key(gvr, &o), o);
+    fn objects_changed(&self, gvr: &Gvr, change: Change<AppObject>) {
         match change {
             Change::Relisted(objs) => {
                 // Listed again after failing or being forbidden: routemaps held meanwhile
@@ -367,57 +369,53 @@ impl Controller {
                     self.sync.state(&WatchId::Objects(gvr.clone())),
                     Some(WatchState::Failing(_) | WatchState::Forbidden(_))
                 );
-                let objs: Vec<_> = objs.into_iter().map(keyed).collect();
-                let affected = self.lock_state().replace_type(gvr, &objs);
+                let stuck = stuck_keys(&objs);
+                let affected = self.lock_state().replace_type(gvr, objs);
                 if recovered {
                     self.enqueue_all();
                 }
                 self.enqueue(affected);
-                self.enqueue_stuck(&objs);
+                self.enqueue_stuck(stuck);
             }
             Change::Applied(o) => {
-                let objs = [keyed(o)];
-                let affected = self
-                    .lock_state()
-                    .upsert_object(objs[0].0.clone(), &objs[0].1);
+                let stuck = stuck_keys(std::slice::from_ref(&o));
+                let affected = self.lock_state().upsert_object(o);
                 self.enqueue(affected);
-                self.enqueue_stuck(&objs);
+                self.enqueue_stuck(stuck);
             }
             Change::Deleted(o) => {
-                let affected = self.lock_state().remove_object(&object_key(gvr, &o));
+                let affected = self.lock_state().remove_object(&o.key);
                 self.enqueue(affected);
             }
         }
     }
 
-    fn enqueue_stuck(&self, objs: &[(ObjectKey, DynamicObject)]) {
-        for (k, o) in objs {
-            if o.metadata.deletion_timestamp.is_some()
-                && o.finalizers().iter().any(|f| f == LEGACY_FINALIZER)
-            {
-                self.queue.push(Work::Finalizer(k.clone()));
-            }
+    fn enqueue_stuck(&self, keys: Vec<ObjectKey>) {
+        for k in keys {
+            self.queue.push(Work::Finalizer(k));
         }
     }
 
     async fn watch_routemaps(self: Arc<Self>) {
         let cfg = watcher::Config::default().labels(ROUTEMAP_KIND_LABEL);
         let me = self.clone();
+        let config = self.config.clone();
         watch::run(
             self.api::<ConfigMap>(),
             cfg,
             WatchId::Routemaps,
             self.sync.clone(),
             self.metrics.clone(),
+            move |cm: ConfigMap| read_routemap(&config, &cm),
             move |change| me.routemaps_changed(change),
         )
         .await;
     }
 
-    fn routemaps_changed(&self, change: Change<ConfigMap>) {
+    fn routemaps_changed(&self, change: Change<(RoutemapKey, RoutemapRecord)>) {
         match change {
-            Change::Relisted(cms) => {
-                let fresh: HashSet<RoutemapKey> = cms.iter().map(routemap_key).collect();
+            Change::Relisted(records) => {
+                let fresh: HashSet<&RoutemapKey> = records.iter().map(|(k, _)| k).collect();
                 let gone: Vec<RoutemapKey> = {
                     let mut st = self.lock_state();
                     let gone: Vec<RoutemapKey> = st
@@ -431,43 +429,20 @@ impl Controller {
                     gone
                 };
                 self.enqueue(gone);
-                for cm in cms {
-                    self.routemap_changed(&cm);
+                for (key, record) in records {
+                    self.routemap_changed(key, record);
                 }
             }
-            Change::Applied(cm) => self.routemap_changed(&cm),
+            Change::Applied((key, record)) => self.routemap_changed(key, record),
             // Deleted, or its `iter8.tools/kind` label removed: the reconcile tells them apart.
-            Change::Deleted(cm) => {
-                let key = routemap_key(&cm);
+            Change::Deleted((key, _)) => {
                 self.lock_state().remove_routemap(&key);
                 self.enqueue([key]);
             }
         }
     }
 
-    fn routemap_changed(&self, cm: &ConfigMap) {
-        let key = routemap_key(cm);
-        let version = cm.labels().get(ROUTEMAP_VERSION_LABEL).cloned();
-        let accepted = &self.config.routemap_versions;
-        let spec = if !version.as_ref().is_some_and(|v| accepted.contains(v)) {
-            Err(Hold::UnacceptedVersion {
-                found: version,
-                accepted: accepted.clone(),
-            })
-        } else {
-            match cm.data.as_ref().and_then(|d| d.get(STR_SPEC_KEY)) {
-                None => Err(Hold::Invalid(RoutemapError::MissingSpec)),
-                Some(s) => routemap::parse(s, &key.namespace, &self.config).map_err(Hold::Invalid),
-            }
-        };
-        let meta = RoutemapMeta {
-            name: key.name.clone(),
-            namespace: key.namespace.clone(),
-            uid: cm.uid().unwrap_or_default(),
-            labels: cm.labels().clone(),
-            annotations: cm.annotations().clone(),
-        };
-        let record = RoutemapRecord::new(meta, spec);
+    fn routemap_changed(&self, key: RoutemapKey, record: RoutemapRecord) {
         self.lock_state()
             .upsert_routemap(key.clone(), record, &self.config);
         self.enqueue([key]);
@@ -476,34 +451,37 @@ impl Controller {
     async fn watch_routing(self: Arc<Self>, gvr: Gvr) {
         let cfg = watcher::Config::default().labels(&format!("{ROUTING_LABEL}=true"));
         let me = self.clone();
-        let g = gvr.clone();
+        let (g, reduce_gvr) = (gvr.clone(), gvr.clone());
         watch::run(
             self.dynamic_api(&gvr),
             cfg,
             WatchId::Routing(gvr),
             self.sync.clone(),
             self.metrics.clone(),
+            move |o: DynamicObject| RoutingSeen::of(object_key(&reduce_gvr, &o), &o),
             move |change| me.routing_changed(&g, change),
         )
         .await;
     }
 
     /// A routing object changed: its routemap checks for drift (or, if it is gone, cleans up).
-    fn routing_changed(&self, gvr: &Gvr, change: Change<DynamicObject>) {
+    fn routing_changed(&self, gvr: &Gvr, change: Change<RoutingSeen>) {
         match change {
             Change::Relisted(objs) => {
-                let objs: Vec<_> = objs.into_iter().map(|o| (object_key(gvr, &o), o)).collect();
-                self.lock_state().replace_routing(gvr, &objs);
-                self.enqueue(objs.iter().filter_map(|(_, o)| owner_key(o)));
+                let owners: Vec<RoutemapKey> =
+                    objs.iter().filter_map(RoutingSeen::owner_key).collect();
+                self.lock_state().replace_routing(gvr, objs);
+                self.enqueue(owners);
             }
             Change::Applied(o) => {
-                if self.lock_state().upsert_routing(object_key(gvr, &o), &o) {
-                    self.enqueue(owner_key(&o));
+                let owner = o.owner_key();
+                if self.lock_state().upsert_routing(o) {
+                    self.enqueue(owner);
                 }
             }
             Change::Deleted(o) => {
-                self.lock_state().remove_routing(&object_key(gvr, &o));
-                self.enqueue(owner_key(&o));
+                self.lock_state().remove_routing(&o.key);
+                self.enqueue(o.owner_key());
             }
         }
     }
@@ -517,34 +495,30 @@ impl Controller {
             WatchId::AnalysisStatus,
             self.sync.clone(),
             self.metrics.clone(),
+            |cm: ConfigMap| analysis::observe_status(&cm),
             move |change| me.statuses_changed(change),
         )
         .await;
     }
 
     /// An analysis status changed: its routemap's traffic may have.
-    fn statuses_changed(&self, change: Change<ConfigMap>) {
+    fn statuses_changed(&self, change: Change<Option<(RoutemapKey, StatusRecord)>>) {
         let changed = match change {
-            Change::Relisted(cms) => self
+            Change::Relisted(statuses) => self
                 .lock_state()
-                .replace_statuses(cms.iter().filter_map(analysis::observe_status).collect()),
-            Change::Applied(cm) => match analysis::observe_status(&cm) {
-                Some((key, record)) => {
-                    if self.lock_state().upsert_status(key.clone(), record) {
-                        vec![key]
-                    } else {
-                        vec![]
-                    }
-                }
-                None => vec![],
-            },
-            Change::Deleted(cm) => match analysis::observe_status(&cm) {
-                Some((key, record)) => {
-                    self.lock_state().remove_status(&key, Some(&record.uid));
+                .replace_statuses(statuses.into_iter().flatten().collect()),
+            Change::Applied(Some((key, record))) => {
+                if self.lock_state().upsert_status(key.clone(), record) {
                     vec![key]
+                } else {
+                    vec![]
                 }
-                None => vec![],
-            },
+            }
+            Change::Deleted(Some((key, record))) => {
+                self.lock_state().remove_status(&key, Some(&record.uid));
+                vec![key]
+            }
+            Change::Applied(None) | Change::Deleted(None) => vec![],
         };
         self.enqueue(changed);
     }
@@ -925,7 +899,8 @@ impl Controller {
             match self.applier.apply(key, uid, desired, live.as_ref()).await {
                 Ok(Applied::Unchanged) => reports.push(Report::fine(subject)),
                 Ok(Applied::Written { object, created }) => {
-                    self.lock_state().upsert_routing(target.clone(), &object);
+                    self.lock_state()
+                        .upsert_routing(RoutingSeen::of(target.clone(), &object));
                     let what = if created { "created" } else { "updated" };
                     tracing::info!(routemap = %key, object = %format!("{} {}/{}", desired.kind, target.namespace, target.name),
                         weights = ?weights, elapsed_ms = started.elapsed().as_millis() as u64, "{what} routing object");
@@ -970,7 +945,11 @@ impl Controller {
         // object the API server refused keeps the old one serving.
         let prune = if all_applied { prune } else { Vec::new() };
         for (target, seen) in &prune {
-            let kind = seen.value["kind"].as_str().unwrap_or("object");
+            let kind = if seen.kind.is_empty() {
+                "object"
+            } else {
+                seen.kind.as_str()
+            };
             match self.applier.delete(target, seen).await {
                 Ok(Deleted::Deleted) => {
                     self.lock_state().remove_routing(target);
@@ -1146,7 +1125,11 @@ fn describe_objects(objs: &[(ObjectKey, RoutingObject)]) -> String {
         .map(|(k, o)| {
             format!(
                 "{} {}",
-                o.value["kind"].as_str().unwrap_or("object"),
+                if o.kind.is_empty() {
+                    "object"
+                } else {
+                    o.kind.as_str()
+                },
                 k.name
             )
         })
@@ -1174,12 +1157,38 @@ fn routemap_key(cm: &ConfigMap) -> RoutemapKey {
     }
 }
 
-/// The routemap named by a routing object's ConfigMap ownerReference.
-fn owner_key(obj: &DynamicObject) -> Option<RoutemapKey> {
-    routemap_owner(obj).map(|r| RoutemapKey {
-        namespace: obj.namespace().unwrap_or_default(),
-        name: r.name.clone(),
-    })
+/// A routemap ConfigMap as the controller keeps it: its spec parsed (or why it is held).
+fn read_routemap(config: &Config, cm: &ConfigMap) -> (RoutemapKey, RoutemapRecord) {
+    let key = routemap_key(cm);
+    let version = cm.labels().get(ROUTEMAP_VERSION_LABEL).cloned();
+    let accepted = &config.routemap_versions;
+    let spec = if !version.as_ref().is_some_and(|v| accepted.contains(v)) {
+        Err(Hold::UnacceptedVersion {
+            found: version,
+            accepted: accepted.clone(),
+        })
+    } else {
+        match cm.data.as_ref().and_then(|d| d.get(STR_SPEC_KEY)) {
+            None => Err(Hold::Invalid(RoutemapError::MissingSpec)),
+            Some(s) => routemap::parse(s, &key.namespace, config).map_err(Hold::Invalid),
+        }
+    };
+    let meta = RoutemapMeta {
+        name: key.name.clone(),
+        namespace: key.namespace.clone(),
+        uid: cm.uid().unwrap_or_default(),
+        labels: cm.labels().clone(),
+        annotations: cm.annotations().clone(),
+    };
+    (key, RoutemapRecord::new(meta, spec))
+}
+
+/// The keys of the objects held by the legacy finalizer while being deleted.
+fn stuck_keys(objs: &[AppObject]) -> Vec<ObjectKey> {
+    objs.iter()
+        .filter(|o| o.stuck.is_some())
+        .map(|o| o.key.clone())
+        .collect()
 }
 
 /// What the promotion gate and notifications receive.

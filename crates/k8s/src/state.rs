@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use iter8_core::availability::{weigh, Observed, Weighing};
+use iter8_core::availability::{weigh, Observed, Weighing, WEIGHT_ANNOTATION};
 use iter8_core::config::Config;
 use iter8_core::render::RoutemapMeta;
 use iter8_core::routemap::{Routemap, RoutemapError};
@@ -88,11 +88,70 @@ pub struct StuckDeletion {
     pub finalizers: Vec<String>,
 }
 
+/// A watched application object reduced to what the controller keeps of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppObject {
+    pub key: ObjectKey,
+    pub observed: Observed,
+    /// Set while it is being deleted and still carries the legacy finalizer.
+    pub stuck: Option<StuckDeletion>,
+}
+
+impl AppObject {
+    /// Reduces watched object `key`.
+    pub fn of(key: ObjectKey, obj: &DynamicObject) -> AppObject {
+        let finalizers = obj.finalizers();
+        let stuck = (obj.metadata.deletion_timestamp.is_some()
+            && finalizers.iter().any(|f| f == LEGACY_FINALIZER))
+        .then(|| StuckDeletion {
+            resource_version: obj.resource_version().unwrap_or_default(),
+            finalizers: finalizers.to_vec(),
+        });
+        AppObject {
+            key,
+            observed: observe(obj),
+            stuck,
+        }
+    }
+}
+
+/// A routing object reduced by its watch (or from a write's response).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoutingSeen {
+    pub key: ObjectKey,
+    /// Its resourceVersion, when it is an integer (etcd's are).
+    pub version: Option<u64>,
+    pub object: RoutingObject,
+}
+
+impl RoutingSeen {
+    /// Reduces routing object `key`.
+    pub fn of(key: ObjectKey, obj: &DynamicObject) -> RoutingSeen {
+        RoutingSeen {
+            key,
+            version: obj.resource_version().and_then(|v| v.parse().ok()),
+            object: RoutingObject::observe(obj),
+        }
+    }
+
+    /// The routemap named by its ConfigMap ownerReference, in its namespace.
+    pub fn owner_key(&self) -> Option<RoutemapKey> {
+        self.object.owner.as_ref().map(|(name, _)| RoutemapKey {
+            namespace: self.key.namespace.clone(),
+            name: name.clone(),
+        })
+    }
+}
+
 /// A routing object as seen by its watch (every one carries our routing label).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoutingObject {
-    /// The object without noisy metadata, for the drift comparison.
-    pub value: Value,
+    /// The object without noisy metadata, for the drift comparison: as JSON text, a tenth of
+    /// the memory of a parsed value, parsed only when a routemap is reconciled.
+    pub(crate) text: String,
+    pub kind: String,
+    /// Its `iter8.tools/applied-hash` annotation.
+    pub applied_hash: Option<String>,
     pub uid: String,
     /// The routemap named by its ConfigMap ownerReference (name, uid), if any.
     pub owner: Option<(String, String)>,
@@ -109,7 +168,7 @@ impl RoutingObject {
             .managed_fields()
             .iter()
             .any(|m| m.manager.as_deref() == Some(FIELD_MANAGER));
-        let hashed = obj.annotations().contains_key(APPLIED_HASH_ANNOTATION);
+        let applied_hash = obj.annotations().get(APPLIED_HASH_ANNOTATION).cloned();
         let mut value = serde_json::to_value(obj).unwrap_or(Value::Null);
         if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
             for noisy in [
@@ -126,11 +185,22 @@ impl RoutingObject {
             o.remove("status");
         }
         RoutingObject {
-            value,
+            text: value.to_string(),
+            kind: obj
+                .types
+                .as_ref()
+                .map(|t| t.kind.clone())
+                .unwrap_or_default(),
+            ours: written && applied_hash.is_some(),
+            applied_hash,
             uid: obj.uid().unwrap_or_default(),
             owner,
-            ours: written && hashed,
         }
+    }
+
+    /// The object (without noisy metadata and status).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or(Value::Null)
     }
 
     /// Whether routemap `key` (with `uid`, when known) owns it and the controller wrote it.
@@ -178,15 +248,25 @@ pub struct State {
     statuses: HashMap<RoutemapKey, StatusRecord>,
 }
 
-/// The fields of a watched object that readiness, weights and signatures read.
+/// The fields of a watched object that readiness, weights and signatures read (digested:
+/// see [`Observed`]); of its annotations only the weight.
 pub fn observe(obj: &DynamicObject) -> Observed {
-    Observed {
-        generation: obj.metadata.generation,
-        deleting: obj.metadata.deletion_timestamp.is_some(),
-        annotations: obj.metadata.annotations.clone().unwrap_or_default(),
-        spec: obj.data.get("spec").cloned(),
-        status: obj.data.get("status").cloned(),
+    let weight = obj
+        .annotations()
+        .get_key_value(WEIGHT_ANNOTATION)
+        .map(|(k, v)| (k.clone(), v.clone()));
+    let mut observed = Observed::new(
+        obj.metadata.generation,
+        obj.metadata.deletion_timestamp.is_some(),
+        weight.into_iter().collect(),
+    );
+    if let Some(spec) = obj.data.get("spec") {
+        observed = observed.with_spec(spec);
     }
+    if let Some(status) = obj.data.get("status") {
+        observed = observed.with_status(status);
+    }
+    observed
 }
 
 /// The objects one routemap reads, by `(gvrShort, namespace, name)`.
@@ -194,14 +274,22 @@ pub type Snapshot = HashMap<(String, String, String), Observed>;
 
 impl State {
     /// Records a watched object; returns the routemaps to reconcile if what they read changed.
-    pub fn upsert_object(&mut self, key: ObjectKey, obj: &DynamicObject) -> Vec<RoutemapKey> {
-        let observed = observe(obj);
-        self.track_finalizer(&key, obj);
+    pub fn upsert_object(&mut self, obj: AppObject) -> Vec<RoutemapKey> {
+        let AppObject {
+            key,
+            observed,
+            stuck,
+        } = obj;
+        match stuck {
+            Some(s) => self.stuck.insert(key.clone(), s),
+            None => self.stuck.remove(&key),
+        };
         if self.objects.get(&key) == Some(&observed) {
             return Vec::new();
         }
-        self.objects.insert(key.clone(), observed);
-        self.routemaps_of(&key)
+        let affected = self.routemaps_of(&key);
+        self.objects.insert(key, observed);
+        affected
     }
 
     /// Forgets a watched object; returns the routemaps to reconcile.
@@ -214,12 +302,8 @@ impl State {
     }
 
     /// Replaces every object of one type (after a watch (re)list); returns affected routemaps.
-    pub fn replace_type(
-        &mut self,
-        gvr: &Gvr,
-        objs: &[(ObjectKey, DynamicObject)],
-    ) -> Vec<RoutemapKey> {
-        let fresh: BTreeSet<&ObjectKey> = objs.iter().map(|(k, _)| k).collect();
+    pub fn replace_type(&mut self, gvr: &Gvr, objs: Vec<AppObject>) -> Vec<RoutemapKey> {
+        let fresh: BTreeSet<&ObjectKey> = objs.iter().map(|o| &o.key).collect();
         let gone: Vec<ObjectKey> = self
             .objects
             .keys()
@@ -230,27 +314,10 @@ impl State {
         for k in gone {
             affected.extend(self.remove_object(&k));
         }
-        for (k, o) in objs {
-            affected.extend(self.upsert_object(k.clone(), o));
+        for o in objs {
+            affected.extend(self.upsert_object(o));
         }
         affected.into_iter().collect()
-    }
-
-    fn track_finalizer(&mut self, key: &ObjectKey, obj: &DynamicObject) {
-        let finalizers = obj.metadata.finalizers.clone().unwrap_or_default();
-        if obj.metadata.deletion_timestamp.is_some()
-            && finalizers.iter().any(|f| f == LEGACY_FINALIZER)
-        {
-            self.stuck.insert(
-                key.clone(),
-                StuckDeletion {
-                    resource_version: obj.metadata.resource_version.clone().unwrap_or_default(),
-                    finalizers,
-                },
-            );
-        } else {
-            self.stuck.remove(key);
-        }
     }
 
     /// A deleting object still held by the legacy finalizer, if `key` is one.
@@ -498,10 +565,15 @@ impl State {
     }
 
     /// Records a live routing object; returns whether what the controller reads changed.
-    pub fn upsert_routing(&mut self, key: ObjectKey, obj: &DynamicObject) -> bool {
+    pub fn upsert_routing(&mut self, seen: RoutingSeen) -> bool {
+        let RoutingSeen {
+            key,
+            version,
+            object,
+        } = seen;
         // resourceVersions are opaque, but etcd's are increasing integers; when both parse, an
         // older one is a late event about a state already superseded.
-        if let Some(version) = obj.resource_version().and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(version) = version {
             if self
                 .routing_versions
                 .get(&key)
@@ -511,11 +583,10 @@ impl State {
             }
             self.routing_versions.insert(key.clone(), version);
         }
-        let seen = RoutingObject::observe(obj);
-        if self.routing.get(&key) == Some(&seen) {
+        if self.routing.get(&key) == Some(&object) {
             return false;
         }
-        self.routing.insert(key, seen);
+        self.routing.insert(key, object);
         true
     }
 
@@ -527,11 +598,11 @@ impl State {
     }
 
     /// Replaces every routing object of one type (after a watch (re)list).
-    pub fn replace_routing(&mut self, gvr: &Gvr, objs: &[(ObjectKey, DynamicObject)]) {
+    pub fn replace_routing(&mut self, gvr: &Gvr, objs: Vec<RoutingSeen>) {
         self.routing.retain(|k, _| &k.gvr != gvr);
         self.routing_versions.retain(|k, _| &k.gvr != gvr);
-        for (k, o) in objs {
-            self.upsert_routing(k.clone(), o);
+        for o in objs {
+            self.upsert_routing(o);
         }
     }
 

@@ -34,22 +34,25 @@ pub fn backoff() -> impl Iterator<Item = Duration> {
     crate::error::backoff(Duration::from_millis(250), Duration::from_secs(4))
 }
 
-/// Runs a watch forever, handing every change to `apply`.
-pub async fn run<K, F>(
+/// Runs a watch forever, handing every change to `apply`. Each object is first reduced to
+/// what its store keeps (`reduce`), so a (re)list buffers the reduced values, never every
+/// full object at once.
+pub async fn run<K, R, F>(
     api: Api<K>,
     config: watcher::Config,
     id: WatchId,
     sync: Arc<SyncTracker>,
     metrics: Arc<Metrics>,
+    reduce: impl Fn(K) -> R + Send,
     mut apply: F,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     K::DynamicType: Clone,
-    F: FnMut(Change<K>) + Send,
+    F: FnMut(Change<R>) + Send,
 {
     let start = || watcher(api.clone(), config.clone()).boxed();
     let mut stream = start();
-    let mut buffer: Vec<K> = Vec::new();
+    let mut buffer: Vec<R> = Vec::new();
     let mut delays = backoff();
     let mut last_error: Option<String> = None;
     let mut gone_before = false;
@@ -57,7 +60,7 @@ pub async fn run<K, F>(
         match stream.try_next().await {
             Ok(Some(event)) => match event {
                 Event::Init => buffer.clear(),
-                Event::InitApply(o) => buffer.push(o),
+                Event::InitApply(o) => buffer.push(reduce(o)),
                 Event::InitDone => {
                     apply(Change::Relisted(std::mem::take(&mut buffer)));
                     sync.set(id.clone(), WatchState::Listed);
@@ -68,8 +71,8 @@ pub async fn run<K, F>(
                         tracing::info!(watch = %id, "watch listed again");
                     }
                 }
-                Event::Apply(o) => apply(Change::Applied(o)),
-                Event::Delete(o) => apply(Change::Deleted(o)),
+                Event::Apply(o) => apply(Change::Applied(reduce(o))),
+                Event::Delete(o) => apply(Change::Deleted(reduce(o))),
             },
             // The watcher stream never ends; if it did, there is nothing left to watch.
             Ok(None) => return,

@@ -111,11 +111,10 @@ fn tutorial_canary_with_real_statuses() {
          - {type: Stopped, status: \"False\", severity: Info}\n\
          observedGeneration: 1\n",
     );
-    let isvc = |status: &Value| Observed {
-        generation: Some(1),
-        spec: Some(json!({"predictor": {"minReplicas": 1}})),
-        status: Some(status.clone()),
-        ..Observed::default()
+    let isvc = |status: &Value| {
+        Observed::new(Some(1), false, Default::default())
+            .with_spec(&json!({"predictor": {"minReplicas": 1}}))
+            .with_status(status)
     };
     for (candidate_status, expected) in [(&created, VS_STEP1), (&ready, VS_STEP2)] {
         let lookup = |gvr: &str, ns: &str, name: &str| {

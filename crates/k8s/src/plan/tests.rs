@@ -68,17 +68,16 @@ fn spec(templates: &[String]) -> String {
 }
 
 fn ready() -> Observed {
-    Observed {
-        status: Some(json!({"conditions": [{"type": "Ready", "status": "True"}]})),
-        ..Default::default()
-    }
+    Observed::default().with_status(&json!({"conditions": [{"type": "Ready", "status": "True"}]}))
 }
 
 fn owned(name: &str) -> (ObjectKey, RoutingObject) {
     (
         vs_key(name),
         RoutingObject {
-            value: json!({"kind": "VirtualService", "metadata": {"name": name}}),
+            text: json!({"kind": "VirtualService", "metadata": {"name": name}}).to_string(),
+            kind: "VirtualService".into(),
+            applied_hash: Some("h".into()),
             uid: format!("{name}-uid"),
             owner: Some(("wisdom-routemap".into(), "rm-uid".into())),
             ours: true,

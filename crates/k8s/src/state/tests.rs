@@ -75,26 +75,41 @@ fn an_object_change_queues_exactly_the_routemaps_that_read_it() {
     st.upsert_routemap(rm_key("a"), record(&["m-0", "m-1"]), &config);
     st.upsert_routemap(rm_key("b"), record(&["m-1"]), &config);
     assert_eq!(
-        st.upsert_object(key("inferenceservices", "m-0"), &isvc("m-0", "True")),
+        st.upsert_object(AppObject::of(
+            key("inferenceservices", "m-0"),
+            &isvc("m-0", "True")
+        )),
         [rm_key("a")]
     );
     assert_eq!(
-        st.upsert_object(key("inferenceservices", "m-1"), &isvc("m-1", "True")),
+        st.upsert_object(AppObject::of(
+            key("inferenceservices", "m-1"),
+            &isvc("m-1", "True")
+        )),
         [rm_key("a"), rm_key("b")]
     );
     assert!(
-        st.upsert_object(key("inferenceservices", "m-9"), &isvc("m-9", "True"))
-            .is_empty(),
+        st.upsert_object(AppObject::of(
+            key("inferenceservices", "m-9"),
+            &isvc("m-9", "True")
+        ))
+        .is_empty(),
         "nobody reads m-9"
     );
     // The same content again (a resync, a status write of an unread field) queues nothing.
     assert!(st
-        .upsert_object(key("inferenceservices", "m-1"), &isvc("m-1", "True"))
+        .upsert_object(AppObject::of(
+            key("inferenceservices", "m-1"),
+            &isvc("m-1", "True")
+        ))
         .is_empty());
     // After b stops naming m-1, only a is queued.
     st.upsert_routemap(rm_key("b"), record(&["m-2"]), &config);
     assert_eq!(
-        st.upsert_object(key("inferenceservices", "m-1"), &isvc("m-1", "False")),
+        st.upsert_object(AppObject::of(
+            key("inferenceservices", "m-1"),
+            &isvc("m-1", "False")
+        )),
         [rm_key("a")]
     );
     assert_eq!(
@@ -103,7 +118,10 @@ fn an_object_change_queues_exactly_the_routemaps_that_read_it() {
     );
     st.remove_routemap(&rm_key("a"));
     assert!(st
-        .upsert_object(key("inferenceservices", "m-0"), &isvc("m-0", "False"))
+        .upsert_object(AppObject::of(
+            key("inferenceservices", "m-0"),
+            &isvc("m-0", "False")
+        ))
         .is_empty());
 }
 
@@ -116,14 +134,17 @@ fn a_relist_removes_what_is_gone_and_queues_its_readers() {
     let t = gvr("inferenceservices");
     st.replace_type(
         &t,
-        &[
-            (key("inferenceservices", "m-0"), isvc("m-0", "True")),
-            (key("inferenceservices", "m-1"), isvc("m-1", "True")),
+        vec![
+            AppObject::of(key("inferenceservices", "m-0"), &isvc("m-0", "True")),
+            AppObject::of(key("inferenceservices", "m-1"), &isvc("m-1", "True")),
         ],
     );
     let affected = st.replace_type(
         &t,
-        &[(key("inferenceservices", "m-0"), isvc("m-0", "True"))],
+        vec![AppObject::of(
+            key("inferenceservices", "m-0"),
+            &isvc("m-0", "True"),
+        )],
     );
     assert_eq!(affected, [rm_key("b")], "m-1 is gone, m-0 unchanged");
     assert_eq!(st.counts_by_type().get(&t.to_string()), Some(&1));
@@ -142,7 +163,10 @@ fn a_held_routemap_indexes_nothing_but_stays_known() {
     );
     st.upsert_routemap(rm_key("a"), held, &config);
     assert!(st
-        .upsert_object(key("inferenceservices", "m-0"), &isvc("m-0", "True"))
+        .upsert_object(AppObject::of(
+            key("inferenceservices", "m-0"),
+            &isvc("m-0", "True")
+        ))
         .is_empty());
     assert!(st.routemap(&rm_key("a")).is_some());
     assert_eq!(st.routemap_keys(), [rm_key("a")]);
@@ -155,12 +179,12 @@ fn only_routing_objects_the_controller_wrote_are_owned_or_orphaned() {
     let vs_key = |n: &str| key("virtualservices", n);
     st.replace_routing(
         &t,
-        &[
-            (vs_key("mine"), vs("mine", "a", FIELD_MANAGER)),
-            (vs_key("mine-too"), vs("mine-too", "a", FIELD_MANAGER)),
+        vec![
+            RoutingSeen::of(vs_key("mine"), &vs("mine", "a", FIELD_MANAGER)),
+            RoutingSeen::of(vs_key("mine-too"), &vs("mine-too", "a", FIELD_MANAGER)),
             // Labelled and owned by a's name, but written by someone else.
-            (vs_key("theirs"), vs("theirs", "a", "kubectl")),
-            (vs_key("of-b"), vs("of-b", "b", FIELD_MANAGER)),
+            RoutingSeen::of(vs_key("theirs"), &vs("theirs", "a", "kubectl")),
+            RoutingSeen::of(vs_key("of-b"), &vs("of-b", "b", FIELD_MANAGER)),
         ],
     );
     let owned: Vec<String> = st
@@ -175,23 +199,23 @@ fn only_routing_objects_the_controller_wrote_are_owned_or_orphaned() {
     let seen = st.routing(&vs_key("mine")).expect("seen");
     assert_eq!(seen.uid, "mine-uid");
     assert_eq!(seen.owner, Some(("a".into(), "a-uid".into())));
-    assert!(seen.value["metadata"].get("managedFields").is_none());
+    assert!(seen.value()["metadata"].get("managedFields").is_none());
 }
 
 #[test]
 fn a_routing_object_change_is_news_only_when_what_we_compare_changed() {
     let mut st = State::default();
     let k = key("virtualservices", "mine");
-    assert!(st.upsert_routing(k.clone(), &vs("mine", "a", FIELD_MANAGER)));
+    assert!(st.upsert_routing(RoutingSeen::of(k.clone(), &vs("mine", "a", FIELD_MANAGER))));
     let mut same = vs("mine", "a", FIELD_MANAGER);
     same.metadata.resource_version = Some("99".into());
     assert!(
-        !st.upsert_routing(k.clone(), &same),
+        !st.upsert_routing(RoutingSeen::of(k.clone(), &same)),
         "a new resourceVersion alone is no news"
     );
     let mut edited = vs("mine", "a", FIELD_MANAGER);
     edited.data["spec"]["hosts"] = json!(["y"]);
-    assert!(st.upsert_routing(k, &edited));
+    assert!(st.upsert_routing(RoutingSeen::of(k, &edited)));
 }
 
 #[test]
@@ -204,16 +228,16 @@ fn a_late_watch_event_does_not_replace_a_newer_write() {
         o.data["spec"]["hosts"] = json!([host]);
         o
     };
-    assert!(st.upsert_routing(k.clone(), &at("11", "new")));
+    assert!(st.upsert_routing(RoutingSeen::of(k.clone(), &at("11", "new"))));
     assert!(
-        !st.upsert_routing(k.clone(), &at("10", "old")),
+        !st.upsert_routing(RoutingSeen::of(k.clone(), &at("10", "old"))),
         "older than what we hold"
     );
     assert_eq!(
-        st.routing(&k).unwrap().value["spec"]["hosts"],
+        st.routing(&k).unwrap().value()["spec"]["hosts"],
         json!(["new"])
     );
-    assert!(st.upsert_routing(k.clone(), &at("12", "newer")));
+    assert!(st.upsert_routing(RoutingSeen::of(k.clone(), &at("12", "newer"))));
 }
 
 #[test]
