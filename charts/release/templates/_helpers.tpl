@@ -27,6 +27,9 @@ What each environment is made of, as JSON:
   routing     which routing-template family renders the routing object ("" = none)
   strategies  the strategies the environment supports
   predictor   KServe predictor Service suffix (it changed in KServe 0.11)
+  mode        KServe deployment mode the chart asks for with the annotation
+              serving.kserve.io/deploymentMode ("" = KServe's default; Standard was RawDeployment)
+  note        why an unsupported strategy cannot be done, added to the error (optional)
 */}}
 {{- define "release.environments" -}}
 {{- $kserveStrategies := list "none" "blue-green" "canary" -}}
@@ -39,6 +42,10 @@ What each environment is made of, as JSON:
   "kserve-0.11" $kserve
   "kserve-0.10" (merge (dict "predictor" "predictor-default") $kserve)
   "kserve-modelmesh-istio" (dict "workload" "modelmesh" "entry" "service-entry" "routing" "modelmesh" "strategies" $kserveStrategies)
+  "kserve-standard" (dict "workload" "isvc" "mode" "Standard" "entry" "istio-ingressgateway" "routing" "kserve-standard" "strategies" $kserveStrategies "predictor" "predictor"
+    "note" "KServe names each version's model after its InferenceService, and a mirrored request keeps the primary's path /v2/models/<primary>/infer, which the candidate's predictor does not serve")
+  "kserve-standard-gtw" (dict "workload" "isvc" "mode" "Standard" "entry" "gamma-parent" "routing" "gateway-api" "strategies" (list "none" "canary") "predictor" "predictor"
+    "note" "KServe names each version's model after its InferenceService, so each version needs its own path rewrite, which a Gateway API rule cannot do per weighted or mirrored backend (environment kserve-standard does blue-green)")
 ) -}}
 {{- end }}
 
@@ -172,6 +179,14 @@ metadata:
   {{- with $rest }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
+{{- end }}
+
+{{/*
+The port of the predictor Service KServe creates in Standard mode (`<isvc>-predictor`): always 80,
+whatever port the model server listens on (8080 for MLServer).
+*/}}
+{{- define "release.kserve.predictorPort" -}}
+80
 {{- end }}
 
 {{/* Predictor host of a KServe InferenceService (its namespace's cluster-local name). */}}

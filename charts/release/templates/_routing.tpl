@@ -78,7 +78,7 @@ Iter8 v1.1 it is the name of the resource requests are sent to: the version's Se
 {{- if eq .env.routing "gateway-api" }}httproute{{ else }}vs{{ end -}}
 {{- end }}
 
-{{/* ===== Istio: deployment-istio, kserve*, kserve-modelmesh-istio ===== */}}
+{{/* ===== Istio: deployment-istio, kserve*, kserve-standard, kserve-modelmesh-istio ===== */}}
 
 {{/*
 One weighted destination (an HTTPRouteDestination) of version .v, with the response header
@@ -102,6 +102,24 @@ with .branch (KServe blue-green), it drops the internal `branch` request header.
       remove:
       - branch
       {{- end }}
+    response:
+      add:
+        app-version: {{ include "release.routing.versionName" . }}
+{{- else if eq .env.routing "kserve-standard" -}}
+{{- /* KServe Standard mode: straight to the predictor Service; it needs no Host header */ -}}
+- destination:
+    host: {{ include "release.kserve.predictorHost" . }}
+    port:
+      number: {{ include "release.kserve.predictorPort" . }}
+  {{- if .weighted }}
+  weight: {{ include "release.tmpl.weight" $v.index }}
+  {{- end }}
+  headers:
+    {{- if .branch }}
+    request:
+      remove:
+      - branch
+    {{- end }}
     response:
       add:
         app-version: {{ include "release.routing.versionName" . }}
@@ -137,12 +155,13 @@ with .branch (KServe blue-green), it drops the internal `branch` request header.
 
 {{/*
 The body of an HTTP route that sends everything it matches to version .v alone. KServe
-InferenceServices serve the V2 protocol under /v2/models/<model name>/, and the model name is the
-InferenceService name, so the path is rewritten to that version's infer endpoint (see README:
-known limitation, only the infer endpoint is reachable through the application host).
+InferenceServices (Serverless and Standard mode) serve the V2 protocol under
+/v2/models/<model name>/, and the model name is the InferenceService name, so the path is
+rewritten to that version's infer endpoint (see README: known limitation, only the infer endpoint
+is reachable through the application host).
 */}}
 {{- define "release.istio.routeTo" -}}
-{{- if eq .env.routing "kserve" -}}
+{{- if has .env.routing (list "kserve" "kserve-standard") -}}
 rewrite:
   uri: /v2/models/{{ .v.isvc.name }}/infer
 {{ end -}}
@@ -220,12 +239,14 @@ spec:
       value: {{ include "release.tmpl.weight" $v.index }}
     {{ include "release.tmpl.end" . }}
     {{- end }}
-{{- else if eq .env.routing "kserve" }}
+{{- else if has .env.routing (list "kserve" "kserve-standard") }}
   {{- /*
   blue-green on KServe: the path rewrite differs per version and Istio rewrites per route, not
   per destination. So the weighted route "split" only picks a version, recording it in the
-  `branch` header, and sends the request back through the local gateway, where the version's
-  own route (matched on `branch`) rewrites the path and sets the predictor host.
+  `branch` header, and sends the request back through the gateway the entry Service names
+  (Serverless: the Knative local gateway; Standard: the Istio ingress gateway, which applies
+  this VirtualService through `gateway`), where the version's own route (matched on `branch`)
+  rewrites the path and sends it to the predictor.
   */}}
   {{- range $v := .versions }}
   {{ include "release.tmpl.ifReady" $v.index }}
@@ -243,7 +264,12 @@ spec:
     {{- range $v := .versions }}
     {{ include "release.tmpl.ifReady" $v.index }}
     - destination:
-        host: knative-local-gateway.istio-system.svc.cluster.local
+        host: {{ $.env.entry }}.istio-system.svc.cluster.local
+        {{- if eq $.env.routing "kserve-standard" }}
+        {{- /* the ingress gateway's Service has several ports (15021, 80, 443): its HTTP one */}}
+        port:
+          number: 80
+        {{- end }}
       weight: {{ include "release.tmpl.weight" $v.index }}
       headers:
         request:
@@ -264,18 +290,27 @@ spec:
 {{- end }}
 {{- end }}
 
-{{/* ===== Gateway API: deployment-gtw ===== */}}
+{{/* ===== Gateway API: deployment-gtw, kserve-standard-gtw ===== */}}
 
-{{/* One backendRef to version .v's Service, with the `app-version` response header. */}}
+{{/*
+One backendRef to version .v's Service (deployment-gtw) or KServe predictor Service
+(kserve-standard-gtw), with the `app-version` response header.
+*/}}
 {{- define "release.gatewayApi.backend" -}}
 {{- $v := .v -}}
+{{- $svc := $v.svc -}}
+{{- $port := $v.servicePort -}}
+{{- if eq .env.workload "isvc" -}}
+  {{- $svc = dict "name" (printf "%s-%s" $v.isvc.name .env.predictor) "namespace" $v.isvc.namespace -}}
+  {{- $port = include "release.kserve.predictorPort" . -}}
+{{- end -}}
 - group: ""
   kind: Service
-  name: {{ $v.svc.name }}
-  {{- if ne $v.svc.namespace (include "release.appNamespace" .root) }}
-  namespace: {{ $v.svc.namespace }}
+  name: {{ $svc.name }}
+  {{- if ne $svc.namespace (include "release.appNamespace" .root) }}
+  namespace: {{ $svc.namespace }}
   {{- end }}
-  port: {{ $v.servicePort }}
+  port: {{ $port }}
   {{- if .weighted }}
   weight: {{ include "release.tmpl.weight" $v.index }}
   {{- end }}
@@ -284,7 +319,31 @@ spec:
     responseHeaderModifier:
       add:
       - name: app-version
-        value: {{ $v.svc.name }}
+        value: {{ include "release.routing.versionName" . }}
+{{- end }}
+
+{{/*
+The rule filters of a rule that sends to version .v alone: for KServe (kserve-standard-gtw) the
+rewrite of every path to the version's infer endpoint, as on Istio; nothing for Deployments.
+*/}}
+{{- define "release.gatewayApi.ruleFilters" -}}
+{{- if eq .env.workload "isvc" -}}
+filters:
+- type: URLRewrite
+  urlRewrite:
+    path:
+      type: ReplaceFullPath
+      replaceFullPath: /v2/models/{{ .v.isvc.name }}/infer
+{{- end }}
+{{- end }}
+
+{{/* A rule without matches that sends everything to version .v alone. */}}
+{{- define "release.gatewayApi.rule" -}}
+{{- with include "release.gatewayApi.ruleFilters" . }}
+{{ . }}
+{{- end }}
+backendRefs:
+{{ include "release.gatewayApi.backend" . }}
 {{- end }}
 
 {{- define "release.routing.httpRoute" -}}
@@ -316,22 +375,23 @@ spec:
   {{ include "release.tmpl.ifReady" $v.index }}
   - matches:
     {{- toYaml $raw.matches | nindent 4 }}
+    {{- with include "release.gatewayApi.ruleFilters" (merge (dict "v" $v) $) }}
+    {{- . | nindent 4 }}
+    {{- end }}
     backendRefs:
     {{- include "release.gatewayApi.backend" (merge (dict "v" $v) $) | nindent 4 }}
   {{ include "release.tmpl.end" . }}
   {{- end }}
   {{- if and (include "release.analysis.enabled" $root) (rest .versions) }}
   {{- /* once promoted, the candidate (analysis: exactly one) takes the rest too */}}
+  {{- $candidate := first (rest .versions) }}
   {{ include "release.tmpl.ifPromoted" . }}
-  - backendRefs:
-    {{- include "release.gatewayApi.backend" (merge (dict "v" (first (rest .versions))) $) | nindent 4 }}
+  - {{ include "release.gatewayApi.rule" (merge (dict "v" $candidate) $) | nindent 4 | trim }}
   {{ include "release.tmpl.else" . }}
-  - backendRefs:
-    {{- include "release.gatewayApi.backend" (merge (dict "v" $primary) $) | nindent 4 }}
+  - {{ include "release.gatewayApi.rule" (merge (dict "v" $primary) $) | nindent 4 | trim }}
   {{ include "release.tmpl.end" . }}
   {{- else }}
-  - backendRefs:
-    {{- include "release.gatewayApi.backend" (merge (dict "v" $primary) $) | nindent 4 }}
+  - {{ include "release.gatewayApi.rule" (merge (dict "v" $primary) $) | nindent 4 | trim }}
   {{- end }}
 {{- else }}
   {{- /* blue-green: one rule, weighted over the ready versions */}}

@@ -18,7 +18,12 @@ so no template runs on values that would make it fail obscurely.
 {{- $env := include "release.env" . | fromJson -}}
 {{- $strategy := include "release.strategy" . -}}
 {{- if not (has $strategy $env.strategies) -}}
-  {{- fail (printf "application.strategy %q is not supported by environment %s (supported: %s)" $strategy .Values.environment (join ", " $env.strategies)) -}}
+  {{- $why := "" -}}
+  {{- with $env.note }}{{ $why = printf ": %s" . }}{{ end -}}
+  {{- fail (printf "application.strategy %q is not supported by environment %s (supported: %s)%s" $strategy .Values.environment (join ", " $env.strategies) $why) -}}
+{{- end -}}
+{{- if and (eq $env.routing "kserve-standard") (eq $strategy "blue-green") (not .Values.gateway) -}}
+  {{- fail (printf "gateway is required for environment %s with strategy blue-green: the Istio Gateway (namespace/name) of istio-ingressgateway, which must accept the host %s.%s; the weighted route passes through it so that each version's route can rewrite the path to its own model" .Values.environment (include "release.appName" .) (include "release.appNamespace" .)) -}}
 {{- end -}}
 {{- $versions := .Values.application.versions | default list -}}
 {{- if not $versions -}}
@@ -28,8 +33,25 @@ so no template runs on values that would make it fail obscurely.
   {{- fail (printf "application.versions has %d entries but strategy mirror supports one primary and one candidate" (len $versions)) -}}
 {{- end -}}
 {{- $app := .Values.application -}}
+{{- $modeKey := "serving.kserve.io/deploymentMode" -}}
+{{- if $env.mode -}}
+  {{- $given := get (($app.metadata | default dict).annotations | default dict) $modeKey -}}
+  {{- if and $given (not (has $given (list $env.mode "RawDeployment"))) -}}
+    {{- fail (printf "application.metadata.annotations sets %s: %s, but environment %s deploys in %s mode (remove the annotation, or choose a Serverless environment such as kserve)" $modeKey $given .Values.environment $env.mode) -}}
+  {{- end -}}
+{{- end -}}
 {{- range $i, $v := $versions -}}
   {{- $field := printf "application.versions[%d]" $i -}}
+  {{- if $env.mode -}}
+    {{- range $where := list "metadata" "inferenceServiceSpecification.metadata" -}}
+      {{- $meta := $v.metadata | default dict -}}
+      {{- if ne $where "metadata" }}{{ $meta = ($v.inferenceServiceSpecification | default dict).metadata | default dict }}{{ end -}}
+      {{- $given := get ($meta.annotations | default dict) $modeKey -}}
+      {{- if and $given (not (has $given (list $env.mode "RawDeployment"))) -}}
+        {{- fail (printf "%s.%s.annotations sets %s: %s, but environment %s deploys in %s mode (remove the annotation, or choose a Serverless environment such as kserve)" $field $where $modeKey $given $.Values.environment $env.mode) -}}
+      {{- end -}}
+    {{- end -}}
+  {{- end -}}
   {{- if eq $env.workload "deployment" -}}
     {{- if and (not $v.image) (not $v.deploymentSpecification) -}}
       {{- fail (printf "%s.image is required for environment %s (or give %s.deploymentSpecification)" $field $.Values.environment $field) -}}

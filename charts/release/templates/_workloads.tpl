@@ -56,7 +56,9 @@ spec:
 InferenceService of a kserve* version: inferenceServiceSpecification.spec verbatim, else a
 predictor model from modelFormat, runtime, storageUri, protocolVersion and ports (each defaulting
 to the application-level value). ModelMesh versions get the ModelMesh deployment-mode annotation
-and no minReplicas (ModelMesh places models itself).
+and no minReplicas (ModelMesh places models itself); Standard-mode versions (kserve-standard*)
+get `serving.kserve.io/deploymentMode: Standard`, so KServe makes a Deployment and a Service
+`<isvc>-predictor` whatever its configured default mode.
 */}}
 {{- define "release.inferenceService" -}}
 {{- $spec := .raw.inferenceServiceSpecification | default dict -}}
@@ -64,6 +66,7 @@ and no minReplicas (ModelMesh places models itself).
 {{- $modelmesh := eq .env.workload "modelmesh" -}}
 {{- $annotations := dict -}}
 {{- if $modelmesh }}{{ $_ := set $annotations "serving.kserve.io/deploymentMode" "ModelMesh" }}{{ end -}}
+{{- with .env.mode }}{{ $_ := set $annotations "serving.kserve.io/deploymentMode" . }}{{ end -}}
 apiVersion: serving.kserve.io/v1beta1
 kind: InferenceService
 {{ include "release.versionMetadata" (dict "root" .root "raw" .raw "ref" .v.isvc "given" $spec.metadata "annotations" $annotations) }}

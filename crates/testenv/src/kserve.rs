@@ -2,7 +2,9 @@
 //! shared/spec/kserve-status.md shows it: Knative-style conditions sorted by type, `severity:
 //! Info` on all but `Ready`, `PredictorReady` and `IngressReady`, and an `observedGeneration`
 //! that is the Knative Service's, not the InferenceService's. [`status`] builds it (pure);
-//! [`write`] and [`report`] write it through the status subresource (API I/O). Tests, the
+//! [`write`] and [`report`] write it through the status subresource (API I/O). The same for
+//! Standard mode (formerly RawDeployment), whose `observedGeneration` is the predictor
+//! Deployment's: [`standard_status`], [`write_standard`], [`report_standard`]. Tests, the
 //! benchmark and the data-plane harness all write status through here.
 
 use anyhow::Result;
@@ -213,6 +215,104 @@ pub async fn report(
     write(client, ns, name, &state, observed_generation, &times).await
 }
 
+/// Where an InferenceService is, as KServe reports it in Standard mode (formerly
+/// RawDeployment): a Deployment and a Service `<name>-predictor`, no Knative, no revisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandardState {
+    /// The predictor's Deployment is not available yet: `Ready` is `False` (not `Unknown`, as
+    /// in Serverless mode).
+    NotReady,
+    /// The predictor's Deployment is available: `IngressReady`, `PredictorReady` and `Ready`
+    /// are `True`. KServe 0.20 keeps this through a rolling update of the Deployment.
+    Ready,
+}
+
+/// The status KServe writes in Standard mode for InferenceService `ns/name` in `state`
+/// (shared/spec/kserve-status.md, RawDeployment ("Standard") mode): the conditions
+/// `IngressReady`, `PredictorReady`, `Ready` and `Stopped`, `deploymentMode: Standard`, the
+/// predictor Service's cluster-local address once ready, and `observedGeneration` copied from
+/// the predictor's **Deployment** (`deployment_generation`), not the InferenceService's.
+pub fn standard_status(
+    ns: &str,
+    name: &str,
+    state: StandardState,
+    deployment_generation: i64,
+    times: &Times,
+) -> Value {
+    let (created, at) = (times.created.as_str(), times.changed.as_str());
+    let not_created = Some("Predictor ingress not created");
+    let mut conditions = match state {
+        StandardState::NotReady => {
+            let mut predictor = condition(
+                "PredictorReady",
+                "False",
+                Some("MinimumReplicasUnavailable"),
+                at,
+            );
+            predictor["message"] = json!("Deployment does not have minimum availability.");
+            vec![
+                condition("IngressReady", "False", not_created, created),
+                predictor,
+                condition("Ready", "False", not_created, at),
+            ]
+        }
+        StandardState::Ready => ["IngressReady", "PredictorReady", "Ready"]
+            .into_iter()
+            .map(|ty| condition(ty, "True", None, at))
+            .collect(),
+    };
+    conditions.push(condition("Stopped", "False", None, created));
+    conditions.sort_by(|a, b| a["type"].as_str().cmp(&b["type"].as_str()));
+    let mut status = json!({
+        "conditions": conditions,
+        "deploymentMode": "Standard",
+        "observedGeneration": deployment_generation,
+    });
+    if state == StandardState::Ready {
+        status["address"] = json!({"url": standard_address(ns, name)});
+    }
+    status
+}
+
+/// The address KServe reports for a Standard-mode InferenceService: its predictor Service's
+/// cluster-local name (port 80, which the Service maps to the model server's 8080).
+pub fn standard_address(ns: &str, name: &str) -> String {
+    format!("http://{name}-predictor.{ns}.svc.cluster.local")
+}
+
+/// Writes [`standard_status`] as InferenceService `ns/name`'s whole status, through the status
+/// subresource, as KServe does (removing what a Serverless-mode status had and this has not).
+pub async fn write_standard(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    state: StandardState,
+    deployment_generation: i64,
+    times: &Times,
+) -> Result<()> {
+    let s = standard_status(ns, name, state, deployment_generation, times);
+    objects::replace_status(client, &inference_service(), ns, name, &s, FIELDS).await
+}
+
+/// Writes what KServe reports in Standard mode for an InferenceService whose predictor
+/// Deployment is at `deployment_generation` and not yet (`ready` false) or now available, with
+/// the spec's example times.
+pub async fn report_standard(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    ready: bool,
+    deployment_generation: i64,
+) -> Result<()> {
+    let (state, at) = if ready {
+        (StandardState::Ready, READY_AT)
+    } else {
+        (StandardState::NotReady, NOT_READY_AT)
+    };
+    let times = Times::fixed(CREATED_AT, at);
+    write_standard(client, ns, name, state, deployment_generation, &times).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +354,66 @@ mod tests {
   observedGeneration: 1
   url: http://wisdom-0.default.example.com
 "#;
+
+    /// Standard mode, as shared/spec/kserve-status.md describes it: `Ready` False (not
+    /// Unknown) with reason `Predictor ingress not created`, the four conditions, no revisions.
+    const STANDARD_NOT_READY: &str = r#"
+  conditions:
+  - {type: IngressReady, status: "False", reason: Predictor ingress not created, lastTransitionTime: "2026-08-20T10:00:01Z"}
+  - {type: PredictorReady, status: "False", reason: MinimumReplicasUnavailable, message: Deployment does not have minimum availability., lastTransitionTime: "2026-08-20T10:00:02Z"}
+  - {type: Ready, status: "False", reason: Predictor ingress not created, lastTransitionTime: "2026-08-20T10:00:02Z"}
+  - {type: Stopped, status: "False", severity: Info, lastTransitionTime: "2026-08-20T10:00:01Z"}
+  deploymentMode: Standard
+  observedGeneration: 1
+"#;
+
+    const STANDARD_READY: &str = r#"
+  address: {url: http://wisdom-0-predictor.default.svc.cluster.local}
+  conditions:
+  - {type: IngressReady, status: "True", lastTransitionTime: "2026-08-20T10:00:40Z"}
+  - {type: PredictorReady, status: "True", lastTransitionTime: "2026-08-20T10:00:40Z"}
+  - {type: Ready, status: "True", lastTransitionTime: "2026-08-20T10:00:40Z"}
+  - {type: Stopped, status: "False", severity: Info, lastTransitionTime: "2026-08-20T10:00:01Z"}
+  deploymentMode: Standard
+  observedGeneration: 3
+"#;
+
+    #[test]
+    fn standard_mode_is_the_spec_description() {
+        let not_ready = standard_status(
+            "default",
+            "wisdom-0",
+            StandardState::NotReady,
+            1,
+            &Times::fixed(CREATED_AT, NOT_READY_AT),
+        );
+        assert_eq!(not_ready, yaml(STANDARD_NOT_READY));
+        // observedGeneration is the Deployment's (3 here), whatever the InferenceService's is.
+        let ready = standard_status(
+            "default",
+            "wisdom-0",
+            StandardState::Ready,
+            3,
+            &Times::fixed(CREATED_AT, READY_AT),
+        );
+        assert_eq!(ready, yaml(STANDARD_READY));
+        for s in [&not_ready, &ready] {
+            assert!(
+                s.get("components").is_none(),
+                "no revisions in Standard mode"
+            );
+            let extra: Vec<&String> = s
+                .as_object()
+                .unwrap_or_else(|| panic!("an object"))
+                .keys()
+                .filter(|k| !FIELDS.contains(&k.as_str()))
+                .collect();
+            assert!(
+                extra.is_empty(),
+                "{extra:?} would not be removed by a later write"
+            );
+        }
+    }
 
     fn yaml(text: &str) -> Value {
         serde_yaml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
