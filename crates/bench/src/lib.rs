@@ -115,6 +115,8 @@ pub struct Settings {
     pub original_env: Vec<(String, String)>,
     /// Contenders, in run order, e.g. [Floor, Ours, Original].
     pub order: Vec<Kind>,
+    /// How many times the whole order runs; the table reports medians and spreads.
+    pub rounds: usize,
 }
 
 /// Figures of one controller run.
@@ -856,13 +858,39 @@ pub async fn run_one(
     Ok(report)
 }
 
-/// Runs every contender in `settings.order`, each on a fresh namespace.
+/// Runs every contender in `settings.order`, each on a fresh namespace, `settings.rounds`
+/// times over (interleaved, so a noisy stretch of the machine hits every contender alike).
 pub async fn run(cp: &ControlPlane, settings: &Settings) -> Result<Vec<RunReport>> {
     let mut out = Vec::new();
-    for (round, kind) in settings.order.iter().enumerate() {
-        out.push(run_one(cp, settings, *kind, round).await?);
+    for round in 0..settings.rounds.max(1) {
+        for (i, kind) in settings.order.iter().enumerate() {
+            let run = round * settings.order.len() + i;
+            eprintln!("round {}: {} ...", round + 1, kind.label());
+            out.push(run_one(cp, settings, *kind, run).await?);
+        }
     }
     Ok(out)
+}
+
+/// The median of `values` (the lower middle one for an even count) and its index; NaNs
+/// ignored.
+fn median(values: &[f64]) -> Option<(usize, f64)> {
+    let mut idx: Vec<usize> = (0..values.len()).filter(|i| !values[*i].is_nan()).collect();
+    idx.sort_by(|a, b| values[*a].total_cmp(&values[*b]));
+    let i = *idx.get(idx.len().checked_sub(1)? / 2)?;
+    Some((i, values[i]))
+}
+
+/// "min–max" of the numbers among `values`.
+fn spread(values: &[f64], fmt: impl Fn(f64) -> String) -> String {
+    let nums: Vec<f64> = values.iter().copied().filter(|v| !v.is_nan()).collect();
+    let min = nums.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = nums.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if nums.is_empty() {
+        String::new()
+    } else {
+        format!("{}–{}", fmt(min), fmt(max))
+    }
 }
 
 fn pct(v: &[Duration], p: f64) -> Option<Duration> {
@@ -911,30 +939,43 @@ const RATIOS: [(Kind, Kind, &str); 2] = [
 /// A figure of one contender: its text, and the number ratios are taken of (NaN: none).
 type Cell = (String, f64);
 
-/// The Markdown table comparing the first run of each contender: a column per contender that
-/// ran (floor, ours, original), then "ours ÷ floor" and "original ÷ ours" where both ran.
+/// The Markdown table comparing the contenders: a column per contender that ran (floor,
+/// ours, original), then "ours ÷ floor" and "original ÷ ours" where both ran. With several
+/// rounds, each figure is the median round's, with the spread (lowest–highest) of the
+/// numbers, and each ratio is the median of the ratios taken within each round.
 pub fn markdown(reports: &[RunReport]) -> String {
-    let runs: Vec<&RunReport> = Kind::ALL
+    // rounds[c][r]: contender c's run in round r.
+    let kinds: Vec<Kind> = Kind::ALL
         .iter()
-        .filter_map(|k| reports.iter().find(|r| r.kind == Some(*k)))
+        .copied()
+        .filter(|k| reports.iter().any(|r| r.kind == Some(*k)))
         .collect();
-    let Some(first) = runs.first() else {
+    let rounds: Vec<Vec<&RunReport>> = kinds
+        .iter()
+        .map(|k| reports.iter().filter(|r| r.kind == Some(*k)).collect())
+        .collect();
+    let Some(first) = reports.first() else {
         return "no run\n".into();
     };
     let ratios: Vec<_> = RATIOS
         .into_iter()
-        .filter(|(a, b, _)| {
-            [a, b]
-                .iter()
-                .all(|k| runs.iter().any(|r| r.kind == Some(**k)))
-        })
+        .filter(|(a, b, _)| kinds.contains(a) && kinds.contains(b))
         .collect();
-    let mut rows: Vec<(String, Vec<Cell>)> = Vec::new();
+    // rows: (name, cells[c][r]).
+    let mut rows: Vec<(String, Vec<Vec<Cell>>)> = Vec::new();
     let mut row = |name: String, cell: &dyn Fn(&RunReport) -> Cell| {
-        rows.push((name, runs.iter().map(|r| cell(r)).collect()));
+        let cells = rounds
+            .iter()
+            .map(|runs| runs.iter().map(|r| cell(r)).collect())
+            .collect();
+        rows.push((name, cells));
     };
     let secs_of = |x: Option<Duration>| x.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN);
-    let routed = runs.iter().map(|r| r.candidates_routed).max().unwrap_or(0);
+    let routed = reports
+        .iter()
+        .map(|r| r.candidates_routed)
+        .max()
+        .unwrap_or(0);
     let per_change = |r: &RunReport, n: u64| n as f64 / r.candidates_routed.max(1) as f64;
 
     row(format!("bulk convergence, {} apps", first.apps), &|r| {
@@ -1012,7 +1053,7 @@ pub fn markdown(reports: &[RunReport]) -> String {
             )
         },
     );
-    if runs.iter().any(|r| r.restart.is_some()) {
+    if reports.iter().any(|r| r.restart.is_some()) {
         let none = || ("—".to_string(), f64::NAN);
         row(
             "no-change restart: API requests (excl. lease)".into(),
@@ -1048,25 +1089,78 @@ pub fn markdown(reports: &[RunReport]) -> String {
         Kind::Original => "original v1.1.2",
         k => k.label(),
     };
-    let mut s = String::from("| metric |");
-    for r in &runs {
-        s.push_str(&format!(" {} |", r.kind.map(heading).unwrap_or("?")));
+    let n_rounds = rounds.iter().map(Vec::len).max().unwrap_or(0);
+    let mut s = String::new();
+    if n_rounds > 1 {
+        s.push_str(&format!(
+            "Median of {n_rounds} rounds (lowest–highest); ratios: median of each round's ratio.\n\n"
+        ));
+    }
+    s.push_str("| metric |");
+    for k in &kinds {
+        s.push_str(&format!(" {} |", heading(*k)));
     }
     for (_, _, h) in &ratios {
         s.push_str(&format!(" {h} |"));
     }
     s.push_str("\n|---|");
-    s.push_str(&"---:|".repeat(runs.len() + ratios.len()));
+    s.push_str(&"---:|".repeat(kinds.len() + ratios.len()));
     s.push('\n');
-    let index = |k: Kind| runs.iter().position(|r| r.kind == Some(k));
+    let index = |k: Kind| kinds.iter().position(|x| *x == k);
     for (name, cells) in rows {
         s.push_str(&format!("| {name} |"));
-        for (text, _) in &cells {
+        for per_round in &cells {
+            let values: Vec<f64> = per_round.iter().map(|(_, v)| *v).collect();
+            let text = match median(&values) {
+                Some((i, median)) if per_round.len() > 1 => {
+                    // The spread relative to the median, so it reads the same in any unit.
+                    let rel = spread(&values, |v| {
+                        if median == 0.0 {
+                            format!("{v:.2}")
+                        } else {
+                            format!("{:.2}", v / median)
+                        }
+                    });
+                    let unit = if median == 0.0 { "" } else { "×" };
+                    format!("{} ({rel}{unit})", per_round[i].0)
+                }
+                _ => per_round
+                    .first()
+                    .map(|(t, _)| t.clone())
+                    .unwrap_or_default(),
+            };
             s.push_str(&format!(" {text} |"));
         }
         for (a, b, _) in &ratios {
-            let value = |k: Kind| index(k).map_or(f64::NAN, |i| cells[i].1);
-            s.push_str(&format!(" {} |", ratio(value(*a), value(*b))));
+            let of = |k: Kind| index(k).map(|i| &cells[i]);
+            let per_round: Vec<f64> = match (of(*a), of(*b)) {
+                (Some(xa), Some(xb)) => xa
+                    .iter()
+                    .zip(xb)
+                    .map(|((_, va), (_, vb))| {
+                        if *va == 0.0 && *vb == 0.0 {
+                            1.0
+                        } else {
+                            va / vb
+                        }
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let text = if per_round.len() > 1 {
+                match median(&per_round) {
+                    Some((_, m)) => {
+                        format!("{m:.2}x ({})", spread(&per_round, |v| format!("{v:.2}")))
+                    }
+                    None => String::new(),
+                }
+            } else {
+                match (of(*a), of(*b)) {
+                    (Some(xa), Some(xb)) => ratio(xa[0].1, xb[0].1),
+                    _ => String::new(),
+                }
+            };
+            s.push_str(&format!(" {text} |"));
         }
         s.push('\n');
     }
@@ -1127,4 +1221,49 @@ pub fn machine() -> String {
         .map(|n| n.get())
         .unwrap_or(0);
     format!("{cpus} CPUs ({model}), {mem} RAM")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(kind: Kind, rss_mib: u64) -> RunReport {
+        RunReport {
+            kind: Some(kind),
+            peak_rss_kib: rss_mib * 1024,
+            ..RunReport::default()
+        }
+    }
+
+    #[test]
+    fn rounds_give_the_median_with_its_spread_and_the_median_of_each_rounds_ratio() {
+        let reports = [
+            run(Kind::Floor, 10),
+            run(Kind::Ours, 20),
+            run(Kind::Floor, 20),
+            run(Kind::Ours, 30),
+            run(Kind::Floor, 40),
+            run(Kind::Ours, 44),
+        ];
+        let table = markdown(&reports);
+        let line = table
+            .lines()
+            .find(|l| l.starts_with("| peak RSS"))
+            .expect("a peak RSS row");
+        // Floor: median 20 (0.5–2.0 of it); ours: median 30; ratios 2.0, 1.5, 1.1 → 1.5.
+        assert_eq!(
+            line,
+            "| peak RSS (VmHWM) | 20.0 MiB (0.50–2.00×) | 30.0 MiB (0.67–1.47×) | 1.50x (1.10–2.00) |"
+        );
+        assert!(table.starts_with("Median of 3 rounds"), "{table}");
+    }
+
+    #[test]
+    fn one_round_reads_as_before() {
+        let table = markdown(&[run(Kind::Floor, 10), run(Kind::Ours, 20)]);
+        assert!(
+            table.contains("| peak RSS (VmHWM) | 10.0 MiB | 20.0 MiB | 2.00x |"),
+            "{table}"
+        );
+    }
 }

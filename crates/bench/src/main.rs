@@ -43,6 +43,10 @@ struct Args {
     /// Contenders, in run order: any of floor, ours, original, comma-separated.
     #[arg(long, visible_alias = "order", default_value = "floor,ours,original")]
     contenders: String,
+    /// Routing: how many times each contender runs (interleaved); the table reports medians
+    /// and spreads, and each ratio is the median of the ratios within each round.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Benchmark the A/B/n service (Lookup, WriteMetric) instead of routing.
     #[arg(long)]
     abn: bool,
@@ -173,14 +177,20 @@ async fn bench_main(args: Args) -> Result<()> {
         restart: !args.no_restart,
         original_env,
         order,
+        rounds: args.rounds,
     };
     eprintln!("starting the control plane ...");
     let cp = testenv::ControlPlane::start(testenv::Options::default()).await?;
     let reports = bench::run(&cp, &settings).await?;
     println!(
-        "### {} apps, {} candidates{}\n",
+        "### {} apps, {} candidates{}{}\n",
         settings.apps,
         settings.candidates,
+        if settings.rounds > 1 {
+            format!(", {} rounds", settings.rounds)
+        } else {
+            String::new()
+        },
         args.original_qps
             .map(|q| format!(", original with HELM_QPS={q}"))
             .unwrap_or_default()

@@ -73,6 +73,7 @@ async fn every_contender_converges_in_a_small_run() {
         restart: true,
         original_env: Vec::new(),
         order: vec![Kind::Floor, Kind::Ours, Kind::Original],
+        rounds: 1,
     };
     let cp = testenv::ControlPlane::start(testenv::Options::default())
         .await
