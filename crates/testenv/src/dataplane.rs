@@ -70,9 +70,10 @@ pub const DELAY_MS_ANNOTATION: &str = "testenv.iter8.tools/delay-ms";
 
 /// The MLServer runtime every model server runs (MLServer's scikit-learn runtime plus fault
 /// injection and metrics that exist from the start), written into each model's folder.
-const RUNTIME: &str = include_str!("../../../testenv/dataplane/testenv_runtime.py");
+/// (`pub(crate)`: [`crate::pods`] serves simulated pods with it too.)
+pub(crate) const RUNTIME: &str = include_str!("../../../testenv/dataplane/testenv_runtime.py");
 /// Its module name, as model-settings.json's `implementation` names it.
-const RUNTIME_MODULE: &str = "testenv_runtime";
+pub(crate) const RUNTIME_MODULE: &str = "testenv_runtime";
 
 /// What an InferenceService's annotations ask its model server to do wrong.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -5,6 +5,10 @@
 //!
 //! Binaries come from the cache `testenv/setup.sh` fills; see [`tools`].
 //!
+//! With [`Options::workload_controllers`], [`kwok`] (simulated pods on a fake Node, scheduled
+//! by the real kube-scheduler) and [`kserve_manager`] (the real KServe manager in Standard
+//! mode), an InferenceService gets its real Deployment, pods, Service and status.
+//!
 //! The helpers every test and the benchmark share live here too, once: [`fixtures`] (kinds,
 //! objects, CRDs), [`objects`] (apply, get, wait, status writes), [`kserve`] and
 //! [`workloads`] (status as KServe and kube-controller-manager write it), [`routes`] (what a
@@ -18,9 +22,13 @@ pub mod events;
 pub mod fixtures;
 pub mod http;
 pub mod kserve;
+pub mod kserve_manager;
+pub mod kwok;
 pub mod metrics;
+pub mod netns;
 pub mod objects;
 pub mod pki;
+pub mod pods;
 pub mod process;
 pub mod prometheus;
 pub mod redis;
@@ -52,9 +60,10 @@ pub use tools::{Helm, Tools};
 pub struct Options {
     /// Also run kube-controller-manager with the garbage collector and namespace controller.
     pub controller_manager: bool,
-    /// With the controller-manager, also run the deployment and replicaset controllers. Off
-    /// in tests that write Deployment status themselves: with no kubelet, the real
-    /// deployment controller would overwrite it.
+    /// With the controller-manager, also run the deployment, replicaset and endpointslice
+    /// controllers: what Deployments need to get pods and Services endpoints (pods then run
+    /// on kwok's fake Node, see [`kwok`]). Off in tests that write Deployment status
+    /// themselves: with no kubelet, the real deployment controller would overwrite it.
     pub workload_controllers: bool,
     /// Port for kube-apiserver; a free one when `None`.
     pub apiserver_port: Option<u16>,
@@ -219,7 +228,8 @@ impl ControlPlane {
     fn start_controller_manager(&mut self, workload_controllers: bool) -> Result<()> {
         let mut controllers = "garbage-collector-controller,namespace-controller".to_string();
         if workload_controllers {
-            controllers.push_str(",deployment-controller,replicaset-controller");
+            controllers
+                .push_str(",deployment-controller,replicaset-controller,endpointslice-controller");
         }
         let args = vec![
             format!("--kubeconfig={}", self.kubeconfig_path.display()),

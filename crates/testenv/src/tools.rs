@@ -153,6 +153,35 @@ pub fn registry() -> Result<PathBuf> {
     )
 }
 
+/// kube-scheduler (`KUBERNETES_VERSION`), which binds pods to kwok's fake Node; see
+/// [`crate::kwok`]. A component of its own in the cache (`kube-scheduler-VERSION`).
+pub fn kube_scheduler() -> Result<PathBuf> {
+    cached_file(
+        "kube-scheduler",
+        cache_dir().join(format!(
+            "kube-scheduler-{}/bin/kube-scheduler",
+            version("KUBERNETES_VERSION")
+        )),
+    )
+}
+
+/// The folder of kwok (`KWOK_VERSION`): `bin/kwok` and, in `stages/`, the stage files kwokctl
+/// runs it with by default; see [`crate::kwok`].
+pub fn kwok_dir() -> Result<PathBuf> {
+    let dir = cache_dir().join(format!("kwok-{}", version("KWOK_VERSION")));
+    cached_file("kwok", dir.join("bin/kwok"))?;
+    Ok(dir)
+}
+
+/// The folder of the real KServe manager (`KSERVE_VERSION`): `bin/manager`, the CRDs it needs
+/// besides InferenceService in `crds/`, and in `config/` its ConfigMap and the
+/// ClusterServingRuntime kserve-mlserver as KServe ships them; see [`crate::kserve_manager`].
+pub fn kserve_dir() -> Result<PathBuf> {
+    let dir = cache_dir().join(format!("kserve-{}", version("KSERVE_VERSION")));
+    cached_file("kserve", dir.join("bin/manager"))?;
+    Ok(dir)
+}
+
 /// Paths of every component the control plane needs, checked to exist.
 #[derive(Debug, Clone)]
 pub struct Tools {
