@@ -15,12 +15,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use iter8_core::availability::{weigh, Observed, Weighing};
 use iter8_core::config::{Config, ResourceType};
-use iter8_core::render::{render, RoutemapMeta};
-use iter8_core::routemap::{self, ResourceRef, RoutemapError, STR_SPEC_KEY};
+use iter8_core::render::render;
+use iter8_core::routemap::ResourceRef;
 use iter8_k8s::analysis::{self as glue, StatusRecord};
-use iter8_k8s::controller::{ROUTEMAP_KIND_LABEL, ROUTEMAP_VERSION_LABEL};
+use iter8_k8s::controller::ROUTEMAP_KIND_LABEL;
 use iter8_k8s::keys::Gvr;
-use iter8_k8s::state::{self, Hold, RoutemapRecord};
+use iter8_k8s::state::{self, RoutemapRecord};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DynamicObject, ListParams};
@@ -243,33 +243,6 @@ pub async fn routemap(client: &Client, ns: &str, app: &str) -> Result<ConfigMap>
     )
 }
 
-/// The routemap as the controller reads it: held when its version label is not accepted or
-/// its `strSpec` is missing or invalid.
-pub fn record(cm: &ConfigMap, config: &Config) -> RoutemapRecord {
-    let namespace = cm.namespace().unwrap_or_default();
-    let version = cm.labels().get(ROUTEMAP_VERSION_LABEL).cloned();
-    let accepted = &config.routemap_versions;
-    let spec = if !version.as_ref().is_some_and(|v| accepted.contains(v)) {
-        Err(Hold::UnacceptedVersion {
-            found: version,
-            accepted: accepted.clone(),
-        })
-    } else {
-        match cm.data.as_ref().and_then(|d| d.get(STR_SPEC_KEY)) {
-            None => Err(Hold::Invalid(RoutemapError::MissingSpec)),
-            Some(s) => routemap::parse(s, &namespace, config).map_err(Hold::Invalid),
-        }
-    };
-    let meta = RoutemapMeta {
-        name: cm.name_any(),
-        namespace,
-        uid: cm.uid().unwrap_or_default(),
-        labels: cm.labels().clone(),
-        annotations: cm.annotations().clone(),
-    };
-    RoutemapRecord::new(meta, spec)
-}
-
 /// The versions weighed as the controller weighs them, from the objects read.
 pub fn weigh_versions(
     record: &RoutemapRecord,
@@ -304,7 +277,7 @@ pub fn weigh_versions(
 /// Reads application `cm` (a routemap ConfigMap) and everything it names.
 pub async fn app(client: &Client, cm: &ConfigMap, config: &Config) -> Result<App> {
     let namespace = cm.namespace().unwrap_or_default();
-    let record = record(cm, config);
+    let record = RoutemapRecord::read(cm, config);
 
     let mut versions = Vec::new();
     if let Ok(rm) = &record.spec {

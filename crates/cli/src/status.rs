@@ -1054,7 +1054,7 @@ mod tests {
     /// field manager at `APPLIED`).
     fn app(chart: &str, objects: &[Option<DynamicObject>]) -> App {
         let config = Config::default();
-        let record = observe::record(&routemap(chart), &config);
+        let record = iter8_k8s::state::RoutemapRecord::read(&routemap(chart), &config);
         let rm = record.spec.clone().unwrap();
         let mut objects = objects.iter();
         let versions: Vec<Vec<Resource>> = rm

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 
 use iter8_core::availability::Weighing;
 use iter8_core::config::Config;
-use iter8_core::render::RoutemapMeta;
-use iter8_core::routemap::{self, RoutemapError, STR_SPEC_KEY};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher;
@@ -406,7 +404,7 @@ impl Controller {
             WatchId::Routemaps,
             self.sync.clone(),
             self.metrics.clone(),
-            move |cm: ConfigMap| read_routemap(&config, &cm),
+            move |cm: ConfigMap| (routemap_key(&cm), RoutemapRecord::read(&cm, &config)),
             move |change| me.routemaps_changed(change),
         )
         .await;
@@ -1155,32 +1153,6 @@ fn routemap_key(cm: &ConfigMap) -> RoutemapKey {
         namespace: cm.namespace().unwrap_or_default(),
         name: cm.name_any(),
     }
-}
-
-/// A routemap ConfigMap as the controller keeps it: its spec parsed (or why it is held).
-fn read_routemap(config: &Config, cm: &ConfigMap) -> (RoutemapKey, RoutemapRecord) {
-    let key = routemap_key(cm);
-    let version = cm.labels().get(ROUTEMAP_VERSION_LABEL).cloned();
-    let accepted = &config.routemap_versions;
-    let spec = if !version.as_ref().is_some_and(|v| accepted.contains(v)) {
-        Err(Hold::UnacceptedVersion {
-            found: version,
-            accepted: accepted.clone(),
-        })
-    } else {
-        match cm.data.as_ref().and_then(|d| d.get(STR_SPEC_KEY)) {
-            None => Err(Hold::Invalid(RoutemapError::MissingSpec)),
-            Some(s) => routemap::parse(s, &key.namespace, config).map_err(Hold::Invalid),
-        }
-    };
-    let meta = RoutemapMeta {
-        name: key.name.clone(),
-        namespace: key.namespace.clone(),
-        uid: cm.uid().unwrap_or_default(),
-        labels: cm.labels().clone(),
-        annotations: cm.annotations().clone(),
-    };
-    (key, RoutemapRecord::new(meta, spec))
 }
 
 /// The keys of the objects held by the legacy finalizer while being deleted.

@@ -8,7 +8,8 @@ use std::fmt;
 use iter8_core::availability::{weigh, Observed, Weighing, WEIGHT_ANNOTATION};
 use iter8_core::config::Config;
 use iter8_core::render::RoutemapMeta;
-use iter8_core::routemap::{Routemap, RoutemapError};
+use iter8_core::routemap::{self, Routemap, RoutemapError, STR_SPEC_KEY};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::DynamicObject;
 use kube::ResourceExt;
@@ -17,6 +18,7 @@ use serde_json::Value;
 use iter8_analysis::spec::Analysis;
 
 use crate::analysis::{self as glue, Job, StatusRecord};
+use crate::controller::ROUTEMAP_VERSION_LABEL;
 use crate::keys::{Gvr, ObjectKey, RoutemapKey};
 
 /// The legacy finalizer the original controller put on every watched object.
@@ -39,6 +41,33 @@ pub struct RoutemapRecord {
 }
 
 impl RoutemapRecord {
+    /// A routemap ConfigMap as the controller reads it: held when its version label is not
+    /// accepted or its `strSpec` is missing or invalid.
+    pub fn read(cm: &ConfigMap, config: &Config) -> RoutemapRecord {
+        let namespace = cm.namespace().unwrap_or_default();
+        let version = cm.labels().get(ROUTEMAP_VERSION_LABEL).cloned();
+        let accepted = &config.routemap_versions;
+        let spec = if !version.as_ref().is_some_and(|v| accepted.contains(v)) {
+            Err(Hold::UnacceptedVersion {
+                found: version,
+                accepted: accepted.clone(),
+            })
+        } else {
+            match cm.data.as_ref().and_then(|d| d.get(STR_SPEC_KEY)) {
+                None => Err(Hold::Invalid(RoutemapError::MissingSpec)),
+                Some(s) => routemap::parse(s, &namespace, config).map_err(Hold::Invalid),
+            }
+        };
+        let meta = RoutemapMeta {
+            name: cm.name_any(),
+            namespace,
+            uid: cm.uid().unwrap_or_default(),
+            labels: cm.labels().clone(),
+            annotations: cm.annotations().clone(),
+        };
+        RoutemapRecord::new(meta, spec)
+    }
+
     /// Reads a routemap's spec (and its analysis block, if it has one).
     pub fn new(meta: RoutemapMeta, spec: Result<Routemap, Hold>) -> RoutemapRecord {
         let analysis = spec.as_ref().ok().and_then(crate::analysis::parse_block);
