@@ -185,19 +185,7 @@ async fn tutorial_in_kserve_standard_mode() {
 
     // Cleanup: everything goes, routing included.
     helm(cp, ns, &["delete", "wisdom"], None);
-    wait_gone(
-        &client,
-        ns,
-        &[
-            (vs_ar(), "wisdom"),
-            (isvc_ar(), "wisdom-0"),
-            (svc_ar(), "wisdom"),
-            (cm_ar(), "wisdom-routemap"),
-        ],
-    )
-    .await;
-    assert!(names(&client, &isvc_ar(), ns).await.is_empty());
-    assert!(names(&client, &vs_ar(), ns).await.is_empty());
+    wait_release_gone(&client, ns).await;
     assert!(names(&client, &httproute_ar(), ns).await.is_empty());
     assert!(!names(&client, &cm_ar(), ns)
         .await

@@ -121,19 +121,7 @@ async fn play_tutorial(cp: &ControlPlane, version: Helm, iter8: &Iter8, client: 
 
     // Cleanup: everything goes, routing included.
     helm_with(cp, version, ns, &["delete", "wisdom"], None);
-    wait_gone(
-        client,
-        ns,
-        &[
-            (vs_ar(), "wisdom"),
-            (isvc_ar(), "wisdom-0"),
-            (svc_ar(), "wisdom"),
-            (cm_ar(), "wisdom-routemap"),
-        ],
-    )
-    .await;
-    assert!(names(client, &isvc_ar(), ns).await.is_empty());
-    assert!(names(client, &vs_ar(), ns).await.is_empty());
+    wait_release_gone(client, ns).await;
 }
 
 #[tokio::test]

@@ -400,6 +400,24 @@ pub async fn wait_gone(client: &Client, ns: &str, objects: &[(ApiResource, &str)
     }
 }
 
+/// Waits until `helm delete` of the tutorial's release `wisdom` took everything with it:
+/// routing, versions, the entry Service and the routemap.
+pub async fn wait_release_gone(client: &Client, ns: &str) {
+    wait_gone(
+        client,
+        ns,
+        &[
+            (vs_ar(), "wisdom"),
+            (isvc_ar(), "wisdom-0"),
+            (svc_ar(), "wisdom"),
+            (cm_ar(), "wisdom-routemap"),
+        ],
+    )
+    .await;
+    assert!(names(client, &isvc_ar(), ns).await.is_empty());
+    assert!(names(client, &vs_ar(), ns).await.is_empty());
+}
+
 /// Names of the objects of a type in `ns`.
 pub async fn names(client: &Client, ar: &ApiResource, ns: &str) -> Vec<String> {
     Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar)
