@@ -18,11 +18,22 @@
 # status itself, through the status subresource, as KServe would once a model is loaded, and
 # sends no requests.
 #
+# With DEMO_MODE=standard the tutorial runs in KServe Standard mode with the real KServe
+# manager instead of the stand-in: `environment: kserve-standard` (the tutorial's values plus
+# `serving.kserve.io/autoscalerClass: none` and `gateway:` the ingress Gateway, see
+# charts/release/README.md), and KServe makes each version's Deployment and Service; the real
+# deployment, replicaset and endpointslice controllers and kube-scheduler run, kwok plays the
+# kubelet of a fake Node, and each pod's model is served by an MLServer at the pod's IP, which
+# Envoy reaches through the EndpointSlices. Pod IPs must be local, so the demo then runs in a
+# network namespace of its own (`unshare --net`, as root), where 10.244.0.0/16 is routed to lo.
+#
 # Usage: make demo     (or scripts/demo.sh after `make setup build`)
 # Env:   DEMO_TIMEOUT  seconds to wait for each expected state (default 60)
 #        DEMO_MODEL_TIMEOUT  seconds to wait for the data plane / a model server (default 180)
 #        DEMO_DATAPLANE  1 (default): istiod, Envoy and MLServer answer the tutorial's
 #                      requests; 0: control plane only, the demo marks models Ready itself
+#        DEMO_MODE     serverless (default: the tutorial as written, KServe stood in for)
+#                      or standard (KServe Standard mode, the real KServe manager; needs root)
 #        IMG           controller image set in the chart (default iter8-rs/iter8:0.1.0)
 # Exits non-zero as soon as an expectation fails, printing the controller's last log lines.
 set -euo pipefail
@@ -41,6 +52,27 @@ TIMEOUT=${DEMO_TIMEOUT:-60}
 MODEL_TIMEOUT=${DEMO_MODEL_TIMEOUT:-180}
 DATAPLANE=${DEMO_DATAPLANE:-1}
 case "$DATAPLANE" in 0 | 1) ;; *) echo "demo: DEMO_DATAPLANE must be 0 or 1" >&2; exit 2 ;; esac
+MODE=${DEMO_MODE:-serverless}
+case "$MODE" in serverless | standard) ;; *) echo "demo: DEMO_MODE must be serverless or standard" >&2; exit 2 ;; esac
+if [ "$MODE" = standard ]; then
+  [ "$DATAPLANE" = 1 ] || { echo "demo: DEMO_MODE=standard needs the data plane (DEMO_DATAPLANE=1)" >&2; exit 2; }
+  # Pod IPs must be local addresses: run again in a network namespace of our own, where the
+  # pod CIDR is routed to lo (the host's namespace is never changed). Everything the demo
+  # starts lives there, on that namespace's loopback.
+  # DEMO_NETNS: the namespace the demo was started in; routes change only elsewhere.
+  here=$(readlink /proc/self/ns/net)
+  if [ -z "${DEMO_NETNS:-}" ]; then
+    command -v unshare >/dev/null && command -v ip >/dev/null ||
+      { echo "demo: DEMO_MODE=standard needs unshare (util-linux) and ip (iproute2)" >&2; exit 1; }
+    exec unshare --net -- env DEMO_NETNS="$here" bash "$root/scripts/demo.sh" "$@"
+  fi
+  [ "$DEMO_NETNS" != "$here" ] ||
+    { echo "demo: DEMO_NETNS is set but this is still network namespace $here: refusing to change its routes" >&2; exit 1; }
+  ip link set lo up
+  ip route replace local 10.244.0.0/16 dev lo
+  # Nothing is fetched in here (no network): everything was built by `make setup build`.
+  export CARGO_NET_OFFLINE=true
+fi
 
 for f in "$KUBECTL" "$HELM"; do
   [ -x "$f" ] || { echo "demo: $f is missing; run 'make setup'" >&2; exit 1; }
@@ -61,7 +93,7 @@ run() { printf '%s$ %s%s\n' "$dim" "$*" "$off"; "$@"; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/iter8-demo.XXXXXX")
 export KUBECONFIG=$work/kubeconfig
-plane_pid='' controller_pid='' started=$SECONDS
+plane_pid='' controller_pid='' started=$SECONDS up_args=()
 
 fail() {
   printf '\n%sFAILED:%s %s\n' "$red" "$off" "$*" >&2
@@ -70,7 +102,7 @@ fail() {
     tail -n 30 "$work/controller.log" >&2
   fi
   if [ "$DATAPLANE" = 1 ] && [ -s "$work/control-plane.log" ]; then
-    echo "--- last lines of testenv up --dataplane (the KServe + Knative stand-in) ---" >&2
+    echo "--- last lines of testenv up ${up_args[*]} ---" >&2
     tail -n 30 "$work/control-plane.log" >&2
   fi
   exit 1
@@ -204,9 +236,15 @@ kserve_reports() { # kserve_reports NAME ready|not-ready
 # With the data plane: the stand-in for KServe writes status once a model answers; the demo
 # waits for it.
 isvc_ready() { [ "$(kubectl get inferenceservice "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]; }
-model_ready() { # model_ready NAME: waits for the KServe stand-in to report NAME Ready
-  TIMEOUT=$MODEL_TIMEOUT wait_for "InferenceService $1 is Ready: its MLServer answers (KServe stand-in)" isvc_ready "$1"
-  run kubectl get inferenceservice "$1"
+model_ready() { # model_ready NAME: waits for KServe (or its stand-in) to report NAME Ready
+  if [ "$MODE" = standard ]; then
+    TIMEOUT=$MODEL_TIMEOUT wait_for "InferenceService $1 is Ready (KServe: its pod is Ready, as its model answers)" isvc_ready "$1"
+    run kubectl get inferenceservice "$1"
+    run kubectl get deployments,pods -l "serving.kserve.io/inferenceservice=$1" -o wide
+  else
+    TIMEOUT=$MODEL_TIMEOUT wait_for "InferenceService $1 is Ready: its MLServer answers (KServe stand-in)" isvc_ready "$1"
+    run kubectl get inferenceservice "$1"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------
@@ -249,7 +287,10 @@ send_requests() {
 }
 
 # ---------------------------------------------------------------------------------------
-if [ "$DATAPLANE" = 1 ]; then
+if [ "$MODE" = standard ]; then
+  section "Start a local control plane, the KServe manager (Standard mode), kwok and the data plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler; istiod, Envoy, MLServer)"
+  up_args=(--kserve-standard)
+elif [ "$DATAPLANE" = 1 ]; then
   section "Start a local control plane and data plane (etcd, kube-apiserver, kube-controller-manager; istiod, Envoy, MLServer)"
   up_args=(--dataplane)
 else
@@ -281,10 +322,18 @@ if [ "$DATAPLANE" = 1 ]; then
     sleep 0.2
   done
   ingress=$(cat "$KUBECONFIG.ingress")
-  ok "data plane up: istiod; the ingress gateway (Envoy) at $ingress; knative-local-gateway (Envoy)"
-  say "KServe and Knative are not installed: 'testenv up --dataplane' stands in for them. For each"
-  say "InferenceService it starts a real MLServer, routes the predictor to it and writes KServe's"
-  say "Ready status once the model answers."
+  if [ "$MODE" = standard ]; then
+    ok "KServe $KSERVE_VERSION (Standard mode), kwok and the data plane up: istiod; the ingress gateway (Envoy) at $ingress"
+    say "The real KServe manager makes each InferenceService's Deployment and Service; kwok runs"
+    say "the pods on a fake Node, each served by a real MLServer at its pod IP; kwok marks a pod"
+    say "Ready only once its model answers, and KServe then reports the InferenceService Ready."
+    run kubectl get nodes
+  else
+    ok "data plane up: istiod; the ingress gateway (Envoy) at $ingress; knative-local-gateway (Envoy)"
+    say "KServe and Knative are not installed: 'testenv up --dataplane' stands in for them. For each"
+    say "InferenceService it starts a real MLServer, routes the predictor to it and writes KServe's"
+    say "Ready status once the model answers."
+  fi
 else
   say "DEMO_DATAPLANE=0: no data plane, so no model is served and no request is sent; the demo"
   say "writes InferenceService status itself, standing in for KServe."
@@ -296,8 +345,16 @@ export IMG
 run helm upgrade --install iter8 "$CHARTS/controller" \
   --set image="$IMG" --set logLevel=trace \
   --set clusterScoped=true
-say "No node runs pods here, so the chart's Deployment stays Pending. Run the same binary on"
-say "this machine instead, as the chart's ServiceAccount, with the configuration the chart rendered:"
+if [ "$MODE" = standard ]; then
+  say "The chart's pod stays Pending here: its metrics volume's PersistentVolumeClaim is never bound"
+  say "(no storage provisioner), and kwok's Node could not run the controller anyway:"
+  run kubectl get pods
+  say "Run the same binary on this machine instead, as the chart's ServiceAccount, with the"
+  say "configuration the chart rendered:"
+else
+  say "No node runs pods here, so the chart's Deployment stays Pending. Run the same binary on"
+  say "this machine instead, as the chart's ServiceAccount, with the configuration the chart rendered:"
+fi
 kubectl get configmap iter8 -o jsonpath='{.data.config\.yaml}' >"$work/config.yaml"
 token=$(kubectl create token iter8 --duration=2h)
 kubectl config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$work/ca.crt"
@@ -327,7 +384,24 @@ run kubectl auth can-i create virtualservices.networking.istio.io --as=system:se
 
 # ---------------------------------------------------------------------------------------
 section "Step 1: deploy the initial version"
-run_helm_step() { say "$ cat <<EOF | helm upgrade --install wisdom \$CHARTS/release -f -  (values as in the tutorial)"; helm upgrade --install wisdom "$CHARTS/release" -f - >/dev/null; ok "helm release wisdom: revision $(helm history wisdom -o json | jq length)"; }
+run_helm_step() { say "$ cat <<EOF | helm upgrade --install wisdom \$CHARTS/release -f -  (values as in the tutorial$values_note)"; mode_values | helm upgrade --install wisdom "$CHARTS/release" -f - >/dev/null; ok "helm release wisdom: revision $(helm history wisdom -o json | jq length)"; }
+# mode_values: the tutorial's values (stdin) for the mode: as written, or in Standard mode with
+# the lines values_note names.
+values_note=''
+if [ "$MODE" = standard ]; then
+  values_note="; Standard mode: environment: kserve-standard, application.metadata.annotations:"
+  values_note+=" {serving.kserve.io/autoscalerClass: none} (no metrics-server here), gateway: knative-serving/knative-ingress-gateway"
+  values_note+=" (the ingress Gateway, for requests from outside the cluster)"
+fi
+mode_values() {
+  if [ "$MODE" = standard ]; then
+    sed -e 's/^environment: kserve$/environment: kserve-standard/' \
+      -e 's/^      app.kubernetes.io\/name: wisdom$/&\n    annotations:\n      serving.kserve.io\/autoscalerClass: none/'
+    echo "gateway: knative-serving/knative-ingress-gateway"
+  else
+    cat
+  fi
+}
 cat <<EOF | run_helm_step
 environment: kserve
 application: 
@@ -375,7 +449,11 @@ application:
 EOF
 wait_for "InferenceService wisdom-1 exists" exists inferenceservice wisdom-1
 if [ "$DATAPLANE" = 1 ]; then
-  say "The KServe stand-in starts an MLServer for wisdom-1; until its model answers, wisdom-1 is not Ready:"
+  if [ "$MODE" = standard ]; then
+    say "KServe makes wisdom-1's Deployment; its pod runs, but until its model answers, it and wisdom-1 are not Ready:"
+  else
+    say "The KServe stand-in starts an MLServer for wisdom-1; until its model answers, wisdom-1 is not Ready:"
+  fi
   run kubectl get inferenceservice wisdom-1
   wait_for "the controller to see both InferenceServices and finish its work" settled_with_isvcs 2
   seen=$(routes)
@@ -428,8 +506,14 @@ application:
 EOF
 wait_for "InferenceService wisdom-1 is deleted" gone inferenceservice wisdom-1
 run kubectl get inferenceservice wisdom-0 -o jsonpath='wisdom-0: generation {.metadata.generation}, version label {.metadata.labels.app\.kubernetes\.io/version}{"\n"}'
-say "wisdom-0 now carries the v1 labels; its spec (the model) is the same, so its generation is"
-say "unchanged and KServe (here: its stand-in) keeps it Ready, serving the same revision."
+if [ "$MODE" = standard ]; then
+  say "wisdom-0 now carries the v1 labels; KServe copies them into its Deployment's pod template and"
+  say "rolls it: the new pod serves once its model answers, the old one until then, and KServe keeps"
+  say "wisdom-0 Ready throughout. KServe deletes wisdom-1's Deployment and Service with it."
+else
+  say "wisdom-0 now carries the v1 labels; its spec (the model) is the same, so its generation is"
+  say "unchanged and KServe (here: its stand-in) keeps it Ready, serving the same revision."
+fi
 wait_for "the controller to see one InferenceService and finish its work" settled_with_isvcs 1
 wait_for "VirtualService wisdom routes every request to wisdom-0 again" routes_are wisdom-0
 show_status
@@ -442,7 +526,10 @@ wait_for "VirtualService wisdom is gone" gone virtualservice wisdom
 wait_for "InferenceServices are gone" gone inferenceservices -l app.kubernetes.io/name=wisdom
 wait_for "Service wisdom is gone" gone service wisdom
 wait_for "routemap wisdom-routemap is gone" gone configmap wisdom-routemap
-if [ "$DATAPLANE" = 1 ]; then
+if [ "$MODE" = standard ]; then
+  wait_for "KServe's Deployment and Service wisdom-0-predictor are gone" gone deployment,service wisdom-0-predictor
+  wait_for "the pods are gone" gone pods -l serving.kserve.io/inferenceservice
+elif [ "$DATAPLANE" = 1 ]; then
   wait_for "the KServe stand-in removed wisdom-0's predictor route" gone virtualservice wisdom-0-predictor-ingress
 fi
 run kubectl get virtualservices,inferenceservices,services,configmaps

@@ -1,6 +1,7 @@
 //! `testenv up`: start a local control plane in the foreground for people, the demo and the
 //! benchmarks (with `--dataplane`, also istiod, Envoy and MLServer, standing in for KServe and
-//! Knative); `testenv tools`: print where the pinned components are.
+//! Knative; with `--kserve-standard`, the real KServe manager in Standard mode with simulated
+//! pods instead of the stand-in); `testenv tools`: print where the pinned components are.
 
 mod standin;
 
@@ -39,6 +40,14 @@ enum Command {
         /// `<kubeconfig>.ingress` (e.g. `http://127.0.0.1:PORT`).
         #[arg(long, conflicts_with = "skip_crds")]
         dataplane: bool,
+        /// Instead of the stand-in: the real KServe manager in Standard mode, the workload
+        /// controllers, kube-scheduler and kwok (simulated pods on a fake Node), one MLServer
+        /// per pod at its pod IP, and the data plane (istiod, Envoy); InferenceServices get
+        /// real Deployments, pods and status. Pod IPs (10.244.0.0/16) must be local: run it in
+        /// a network namespace where they are (`DEMO_MODE=standard scripts/demo.sh` makes
+        /// one). Writes the ingress address as `--dataplane` does.
+        #[arg(long, conflicts_with_all = ["skip_crds", "no_controller_manager", "dataplane"])]
+        kserve_standard: bool,
     },
     /// Print where the pinned components are (fails naming what is missing).
     Tools,
@@ -57,13 +66,17 @@ async fn main() -> Result<()> {
             no_controller_manager,
             skip_crds,
             dataplane,
+            kserve_standard,
         } => {
+            if kserve_standard {
+                check_pod_network()?;
+            }
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let started = std::time::Instant::now();
             let cp = testenv::ControlPlane::start(testenv::Options {
                 controller_manager: !no_controller_manager,
-                workload_controllers: false,
+                workload_controllers: kserve_standard,
                 apiserver_port: port,
                 skip_crds,
             })
@@ -80,11 +93,18 @@ async fn main() -> Result<()> {
             println!("export KUBECONFIG={}", kubeconfig.display());
             let ingress_file = ingress_file(&kubeconfig);
             let mut running = None;
-            if dataplane {
+            if dataplane || kserve_standard {
                 // Interruptible: a signal during start-up drops the half-started data plane,
                 // which stops its processes.
+                let start = async {
+                    if kserve_standard {
+                        start_standard(&cp, &ingress_file).await
+                    } else {
+                        start_dataplane(&cp, &ingress_file).await
+                    }
+                };
                 let started = tokio::select! {
-                    r = start_dataplane(&cp, &ingress_file) => Some(r),
+                    r = start => Some(r),
                     _ = tokio::signal::ctrl_c() => None,
                     _ = term.recv() => None,
                 };
@@ -107,11 +127,26 @@ async fn main() -> Result<()> {
             }
             println!("stopping");
             let _ = std::fs::remove_file(&kubeconfig);
-            if let Some((standin, dp)) = running {
+            if let Some(running) = running {
                 let _ = std::fs::remove_file(&ingress_file);
-                standin.stop().await;
-                // Model servers, Envoys and istiod stop (by PID) before the control plane.
-                drop(dp);
+                match running {
+                    Running::StandIn(standin, dp) => {
+                        standin.stop().await;
+                        // Model servers, Envoys and istiod stop (by PID) before the control
+                        // plane.
+                        drop(dp);
+                    }
+                    Running::Standard(standard) => {
+                        let Standard {
+                            pods,
+                            dp,
+                            kserve,
+                            kwok,
+                        } = *standard;
+                        pods.stop().await;
+                        drop((dp, kserve, kwok));
+                    }
+                }
             }
             drop(cp);
         }
@@ -126,12 +161,84 @@ fn ingress_file(kubeconfig: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// What runs besides the control plane.
+enum Running {
+    /// `--dataplane`: the data plane and the KServe + Knative stand-in.
+    StandIn(standin::StandIn, Arc<testenv::dataplane::DataPlane>),
+    /// `--kserve-standard`.
+    Standard(Box<Standard>),
+}
+
+/// `--kserve-standard`: the real KServe manager, kwok, the pods' model servers and the data
+/// plane.
+struct Standard {
+    pods: testenv::pods::PodWatcher,
+    dp: testenv::dataplane::DataPlane,
+    kserve: testenv::kserve_manager::KServeManager,
+    kwok: testenv::kwok::Kwok,
+}
+
+/// Fails unless pod IPs are local addresses here (see `--kserve-standard`).
+fn check_pod_network() -> Result<()> {
+    let ip = std::net::Ipv4Addr::new(10, 244, 0, 1);
+    std::net::TcpListener::bind((ip, 0))
+        .map(drop)
+        .with_context(|| {
+            format!(
+                "--kserve-standard: pod IP {ip} is not a local address in this network namespace; \
+             run in one where {} is routed to lo (`ip route add local {} dev lo`, as \
+             DEMO_MODE=standard scripts/demo.sh does under `unshare --net`)",
+                testenv::netns::POD_CIDR,
+                testenv::netns::POD_CIDR
+            )
+        })
+}
+
+/// Starts kwok + kube-scheduler, the real KServe manager (Standard mode) and the data plane
+/// against `cp`, and serves every simulated pod's model at its pod IP; then writes the
+/// ingress address to `ingress_file`.
+async fn start_standard(cp: &testenv::ControlPlane, ingress_file: &Path) -> Result<Running> {
+    let started = std::time::Instant::now();
+    println!(
+        "starting kwok + kube-scheduler, the KServe manager {} (Standard mode) and the data plane \
+         (istiod, ingress Envoy)",
+        testenv::tools::version("KSERVE_VERSION")
+    );
+    let (kwok, kserve, dp) = tokio::join!(
+        testenv::kwok::Kwok::start(cp),
+        testenv::kserve_manager::KServeManager::start(cp),
+        testenv::dataplane::DataPlane::start(cp)
+    );
+    let (kwok, kserve, dp) = (kwok?, kserve?, dp?);
+    let pods = testenv::pods::PodWatcher::start(cp.client().await?, testenv::kwok::NODE);
+    let ingress = format!("http://{}", dp.ingress());
+    println!(
+        "KServe (Standard mode), kwok and the data plane up in {:.1}s; logs: {} and {}",
+        started.elapsed().as_secs_f64(),
+        cp.dir().display(),
+        dp.dir().display()
+    );
+    println!(
+        "[testenv pods] the pods kwok runs on Node {} get an MLServer at their pod IP, and the \
+         annotation {} once the model answers (kwok marks a pod Ready only then)",
+        testenv::kwok::NODE,
+        testenv::pods::MODEL_READY_ANNOTATION
+    );
+    println!("ingress: {ingress}");
+    std::fs::write(ingress_file, format!("{ingress}\n"))
+        .with_context(|| format!("writing {}", ingress_file.display()))?;
+    println!("ingress address written to {}", ingress_file.display());
+    Ok(Running::Standard(Box::new(Standard {
+        pods,
+        dp,
+        kserve,
+        kwok,
+    })))
+}
+
 /// Starts the data plane against `cp` and the KServe + Knative stand-in, then writes the
 /// ingress address to `ingress_file`.
-async fn start_dataplane(
-    cp: &testenv::ControlPlane,
-    ingress_file: &Path,
-) -> Result<(standin::StandIn, Arc<testenv::dataplane::DataPlane>)> {
+async fn start_dataplane(cp: &testenv::ControlPlane, ingress_file: &Path) -> Result<Running> {
     let started = std::time::Instant::now();
     println!("starting the data plane (istiod, ingress Envoy, knative-local-gateway Envoy)");
     let dp = Arc::new(testenv::dataplane::DataPlane::start(cp).await?);
@@ -153,5 +260,5 @@ async fn start_dataplane(
     std::fs::write(ingress_file, format!("{ingress}\n"))
         .with_context(|| format!("writing {}", ingress_file.display()))?;
     println!("ingress address written to {}", ingress_file.display());
-    Ok((standin, dp))
+    Ok(Running::StandIn(standin, dp))
 }

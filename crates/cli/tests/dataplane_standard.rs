@@ -1,0 +1,673 @@
+//! The tutorial's three steps in KServe **Standard mode**, everything real but the pods'
+//! kubelet: the release chart (`environment: kserve-standard`) installed with the real Helm,
+//! the real `iter8` binary running with the controller chart's ServiceAccount token, the real
+//! KServe manager v0.20.0 making each InferenceService's predictor Deployment and Service and
+//! writing its status, the real deployment, replicaset and endpointslice controllers and
+//! kube-scheduler, kwok playing the fake Node's kubelet, one MLServer per simulated pod at its
+//! pod IP (`testenv::pods::PodWatcher`), and requests through the real Envoy configured by the
+//! real istiod from the VirtualService and the EndpointSlices. The test writes no status and no
+//! workload object: a version is Ready when KServe says so, which it does once kwok marks the
+//! pod Ready, which kwok does once the pod's model answers.
+//!
+//! Besides the answers at each step, it proves that the candidate gets no request before it is
+//! Ready: the VirtualService first routes to wisdom-1 only after its pod carried the
+//! model-ready annotation, kwok marked the pod Ready and KServe marked the InferenceService
+//! Ready (in that order, by etcd's global resourceVersion order), and requests with `traffic:
+//! test` sent while it was not Ready were all answered by wisdom-0.
+//!
+//! Runs in a network namespace of its own (`testenv::netns::isolate`, pod IPs local there) with
+//! its own control plane and data plane: about 2 GB resident at its peak (sum of RSS, two or
+//! three MLServers included) and 26-38 s on 2 busy cores. Needs root,
+//! `unshare` and `ip`, and from `testenv/setup.sh` the KServe manager, kwok, kube-scheduler,
+//! istiod, Envoy and MLServer.
+//!
+//! The values are the golden Standard-mode tutorial steps (`testdata/charts/kserve-standard-
+//! step{1,2,3}`) plus two lines: `serving.kserve.io/autoscalerClass: none` on every
+//! InferenceService (there is no metrics-server, so no HPA) and `gateway:` the data plane's
+//! ingress Gateway, so that the tutorial's requests "from outside the cluster" (to the ingress
+//! with `Host: wisdom.<ns>`) are routed by the VirtualService (see charts/release/README.md,
+//! "KServe Standard mode": the VirtualService applies in the mesh unless `gateway` is set).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod e2e;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use futures::TryStreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::core::ApiResource;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Client;
+use serde_json::Value;
+use testenv::dataplane::DataPlane;
+use testenv::fixtures::{api_resource, deployment};
+use testenv::kserve_manager::KServeManager;
+use testenv::kwok::{self, Kwok};
+use testenv::pods::{PodWatcher, ISVC_LABEL, MODEL_READY_ANNOTATION};
+use testenv::{netns, ControlPlane, Options};
+
+/// The tutorial's step 1 in Standard mode (a golden case of the release chart).
+const STEP1: &str = include_str!("../../../testdata/charts/kserve-standard-step1/values.yaml");
+/// The tutorial's step 2 in Standard mode (a golden case).
+const STEP2: &str = include_str!("../../../testdata/charts/kserve-standard-step2/values.yaml");
+/// The tutorial's step 3 in Standard mode (a golden case).
+const STEP3: &str = include_str!("../../../testdata/charts/kserve-standard-step3/values.yaml");
+
+/// The tutorial's input.json (iter8-tools/docs samples/kserve-serving/input.json).
+const INPUT: &str = r#"{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}]}"#;
+
+/// The Istio Gateway the data plane's ingress Envoy serves (`testenv::dataplane`).
+const INGRESS_GATEWAY: &str = "knative-serving/knative-ingress-gateway";
+
+/// Anything KServe, the workload controllers, kwok, MLServer, istiod and Envoy do together,
+/// on 2 busy cores: generous, and never slept.
+const WAIT: Duration = Duration::from_secs(180);
+
+/// A golden step's values with the two additions of this test (see the module docs).
+fn values(golden: &str) -> String {
+    let anchor = "      app.kubernetes.io/name: wisdom\n";
+    assert!(
+        golden.contains(anchor),
+        "unexpected golden values:\n{golden}"
+    );
+    let mut v = golden.replacen(
+        anchor,
+        &format!("{anchor}    annotations:\n      serving.kserve.io/autoscalerClass: none\n"),
+        1,
+    );
+    if !v.ends_with('\n') {
+        v.push('\n');
+    }
+    v.push_str(&format!("gateway: {INGRESS_GATEWAY}\n"));
+    v
+}
+
+fn pod_ar() -> ApiResource {
+    api_resource("", "v1", "Pod", "pods")
+}
+
+fn condition_true(obj: &DynamicObject, type_: &str) -> bool {
+    obj.data["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == type_ && c["status"] == "True")
+        })
+}
+
+fn annotation<'a>(obj: &'a DynamicObject, key: &str) -> Option<&'a str> {
+    obj.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+/// The object's resourceVersion as a number: in one etcd every write gets the next revision
+/// of a single counter, so across objects and kinds a smaller one was written earlier. (Opaque
+/// to clients in general; here the test owns the one etcd.)
+fn revision(obj: &DynamicObject) -> u64 {
+    obj.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or_else(|| panic!("resourceVersion of {:?}", obj.metadata.name))
+}
+
+/// Every state the objects of one watch went through while it ran, in the order they came.
+struct History {
+    seen: Arc<Mutex<Vec<DynamicObject>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl History {
+    /// Records the objects of `ar` in `ns` that `config` selects, from now on.
+    fn record(client: &Client, ar: &ApiResource, ns: &str, config: watcher::Config) -> History {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
+        let seen: Arc<Mutex<Vec<DynamicObject>>> = Arc::default();
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(watcher(api, config).default_backoff());
+            while let Ok(Some(event)) = stream.try_next().await {
+                if let watcher::Event::Apply(o) | watcher::Event::InitApply(o) = event {
+                    s.lock().unwrap().push(o);
+                }
+            }
+        });
+        History { seen, task }
+    }
+
+    /// The first recorded state for which `check` holds.
+    fn first(&self, check: impl Fn(&DynamicObject) -> bool) -> Option<DynamicObject> {
+        self.seen.lock().unwrap().iter().find(|o| check(o)).cloned()
+    }
+}
+
+impl Drop for History {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+/// What a client sees of one answer.
+#[derive(Debug, Clone)]
+struct Answer {
+    status: u16,
+    app_version: Option<String>,
+    body: Value,
+}
+
+impl Answer {
+    fn model_name(&self) -> Option<&str> {
+        self.body["model_name"].as_str()
+    }
+    fn model_version(&self) -> Option<&str> {
+        self.body["model_version"].as_str()
+    }
+}
+
+/// The tutorial's request from outside the cluster: POST input.json to the ingress gateway
+/// with `Host: wisdom.<ns>` and, for the candidate, `traffic: test`.
+async fn infer(
+    client: &HttpClient,
+    ingress: SocketAddr,
+    host: &str,
+    test: bool,
+) -> Result<Answer, String> {
+    let mut req = hyper::Request::post(format!("http://{ingress}/"))
+        .header("Host", host)
+        .header("Content-Type", "application/json");
+    if test {
+        req = req.header("traffic", "test");
+    }
+    let req = req
+        .body(Full::new(Bytes::from_static(INPUT.as_bytes())))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let app_version = resp
+        .headers()
+        .get("app-version")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    Ok(Answer {
+        status,
+        app_version,
+        body,
+    })
+}
+
+/// Everything the test starts; dropped in field order.
+struct Env {
+    pods: PodWatcher,
+    dp: DataPlane,
+    kserve: KServeManager,
+    kwok: Kwok,
+    cp: ControlPlane,
+    http: HttpClient,
+    ns: String,
+    host: String,
+}
+
+impl Env {
+    /// Panics with `what`, the end of every component's log and what the namespace holds.
+    async fn fail(&self, what: &str) -> ! {
+        let cm_log = std::fs::read_to_string(self.cp.dir().join("kube-controller-manager.log"))
+            .unwrap_or_default();
+        let cm_tail: Vec<&str> = cm_log.lines().rev().take(15).collect();
+        panic!(
+            "{what}\n{}\n{}\nlast lines of kube-controller-manager.log (newest first):\n{}\n{}\ningress routes: {}\n{}",
+            self.kserve.diagnostics(),
+            self.kwok.diagnostics(),
+            cm_tail.join("\n"),
+            self.namespace_summary().await,
+            self.dp.ingress_config_dump(),
+            self.dp.diagnostics(),
+        )
+    }
+
+    /// Fails the test, with diagnostics, on an error.
+    async fn ok<T>(&self, r: anyhow::Result<T>) -> T {
+        match r {
+            Ok(v) => v,
+            Err(e) => self.fail(&format!("{e:#}")).await,
+        }
+    }
+
+    /// The pods (phase, IP, conditions, model-ready) and Events of the test's namespace.
+    async fn namespace_summary(&self) -> String {
+        let Ok(client) = self.cp.client().await else {
+            return String::new();
+        };
+        let mut out = String::new();
+        let pods = Api::<Pod>::namespaced(client.clone(), &self.ns)
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        for pod in pods {
+            let model_ready = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(MODEL_READY_ANNOTATION).cloned());
+            let status = pod.status.unwrap_or_default();
+            out.push_str(&format!(
+                "pod {}: phase {:?} ip {:?} model-ready {model_ready:?} conditions {:?}\n",
+                pod.metadata.name.unwrap_or_default(),
+                status.phase,
+                status.pod_ip,
+                status
+                    .conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| format!("{}={}", c.type_, c.status))
+                    .collect::<Vec<_>>()
+            ));
+        }
+        let events = Api::<Event>::namespaced(client, &self.ns)
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        for ev in events {
+            out.push_str(&format!(
+                "event {} {}: {} {}\n",
+                ev.involved_object.kind.unwrap_or_default(),
+                ev.involved_object.name.unwrap_or_default(),
+                ev.reason.unwrap_or_default(),
+                ev.message.unwrap_or_default()
+            ));
+        }
+        out
+    }
+
+    /// Waits until object `name` of `ar` satisfies `check` (`what` names it); returns it.
+    async fn wait_obj(
+        &self,
+        client: &Client,
+        ar: &ApiResource,
+        name: &str,
+        what: &str,
+        check: impl Fn(&DynamicObject) -> bool,
+    ) -> DynamicObject {
+        let r = testenv::objects::wait(client, ar, &self.ns, name, what, WAIT, check).await;
+        self.ok(r).await
+    }
+
+    /// Waits until none of `objects` exists.
+    async fn wait_gone(&self, client: &Client, objects: &[(ApiResource, &str)]) {
+        for (ar, name) in objects {
+            let r = testenv::wait_for(
+                &format!("{} {}/{name} to be deleted", ar.kind, self.ns),
+                WAIT,
+                || async {
+                    testenv::objects::get(client, ar, &self.ns, name)
+                        .await
+                        .ok()?
+                        .is_none()
+                        .then_some(())
+                },
+            )
+            .await;
+            self.ok(r).await;
+        }
+    }
+
+    /// Sends the tutorial's request until an answer satisfies `ok`; returns it.
+    async fn wait_answer(&self, test: bool, what: &str, ok: impl Fn(&Answer) -> bool) -> Answer {
+        let deadline = Instant::now() + WAIT;
+        let mut last = Err("no request sent".to_string());
+        while Instant::now() < deadline {
+            last = infer(&self.http, self.dp.ingress(), &self.host, test).await;
+            if let Ok(a) = &last {
+                if ok(a) {
+                    return a.clone();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.fail(&format!(
+            "timed out after {WAIT:?} waiting for {what}; last answer {last:?}"
+        ))
+        .await
+    }
+
+    /// Sends `n` requests (with `traffic: test` if `test`) and asserts each is a 200 from
+    /// `version` (header `app-version`, and the model named after it) of trained variant
+    /// `variant`.
+    async fn assert_answers(&self, test: bool, n: usize, version: &str, variant: &str) {
+        for _ in 0..n {
+            let a = infer(&self.http, self.dp.ingress(), &self.host, test).await;
+            let good = a.as_ref().is_ok_and(|a| {
+                a.status == 200
+                    && a.app_version.as_deref() == Some(version)
+                    && a.model_name() == Some(version)
+                    && a.model_version() == Some(variant)
+            });
+            if !good {
+                self.fail(&format!(
+                    "expected {version} ({variant}) to answer (traffic: test = {test}), got {a:?}"
+                ))
+                .await;
+            }
+        }
+        if let Err(e) = self.dp.check_healthy() {
+            self.fail(&format!("{e:#}")).await;
+        }
+    }
+}
+
+/// Steps 1-3 of the tutorial in Standard mode and `helm delete`, with the real KServe manager,
+/// each step checked with the tutorial's requests through the ingress Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tutorial_in_standard_mode_with_the_real_kserve() {
+    if !netns::isolate("tutorial_in_standard_mode_with_the_real_kserve") {
+        return;
+    }
+    let started = Instant::now();
+    let cp = ControlPlane::start(Options {
+        controller_manager: true,
+        workload_controllers: true,
+        ..Options::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("control plane: {e:#}"));
+    // Independent of one another: started together.
+    let (kwok, kserve, dp) = tokio::join!(
+        Kwok::start(&cp),
+        KServeManager::start(&cp),
+        DataPlane::start(&cp)
+    );
+    let kwok = kwok.unwrap_or_else(|e| panic!("kwok: {e:#}"));
+    let kserve = kserve.unwrap_or_else(|e| panic!("KServe manager: {e:#}"));
+    let dp = dp.unwrap_or_else(|e| panic!("data plane: {e:#}"));
+    let client = cp.client().await.unwrap();
+    let pods = PodWatcher::start(client.clone(), kwok::NODE);
+    let ns = cp.namespace("standard").await.unwrap();
+    // The controller runs out of cluster (as in every e2e test): its chart's Deployment gets
+    // no pod, which kwok would otherwise run and the PodWatcher serve a model for.
+    let iter8 = install_controller(&cp, &ns, false, &["replicas=0"]).await;
+    let env = Env {
+        pods,
+        dp,
+        kserve,
+        kwok,
+        cp,
+        http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http(),
+        host: format!("wisdom.{ns}"),
+        ns: ns.clone(),
+    };
+    let ns = ns.as_str();
+    let (isvc, vs) = (isvc_ar(), vs_ar());
+    eprintln!("everything up after {:?}", started.elapsed());
+
+    // Step 1: KServe makes wisdom-0's predictor Deployment and Service (owned by the
+    // InferenceService), its pod's model answers, KServe says Ready, the controller routes.
+    helm_release(&env.cp, ns, "wisdom", &values(STEP1));
+    for (ar, kind) in [(deployment(), "Deployment"), (svc_ar(), "Service")] {
+        let obj = env
+            .wait_obj(
+                &client,
+                &ar,
+                "wisdom-0-predictor",
+                &format!("KServe to create {kind} wisdom-0-predictor"),
+                |_| true,
+            )
+            .await;
+        let owners = obj.metadata.owner_references.unwrap_or_default();
+        assert!(
+            owners
+                .iter()
+                .any(|o| o.kind == "InferenceService" && o.name == "wisdom-0"),
+            "{kind} wisdom-0-predictor owned by {owners:?}"
+        );
+    }
+    env.wait_obj(
+        &client,
+        &isvc,
+        "wisdom-0",
+        "KServe to report wisdom-0 Ready",
+        |o| condition_true(o, "Ready"),
+    )
+    .await;
+    let step1_vs = env
+        .wait_obj(&client, &vs, "wisdom", "the step-1 VirtualService", |o| {
+            route_names(o) == ["wisdom-0"]
+        })
+        .await;
+    env.wait_answer(false, "step 1: wisdom-0 answers", |a| {
+        a.status == 200 && a.app_version.as_deref() == Some("wisdom-0")
+    })
+    .await;
+    env.assert_answers(false, 10, "wisdom-0", "v0").await;
+    env.assert_answers(true, 10, "wisdom-0", "v0").await;
+    eprintln!("step 1 answered after {:?}", started.elapsed());
+
+    // Step 2: the candidate. Record, from before the upgrade, every state of its pods, of its
+    // InferenceService and of the VirtualService.
+    let pod_history = History::record(
+        &client,
+        &pod_ar(),
+        ns,
+        watcher::Config::default().labels(&format!("{ISVC_LABEL}=wisdom-1")),
+    );
+    let isvc_history = History::record(
+        &client,
+        &isvc,
+        ns,
+        watcher::Config::default().fields("metadata.name=wisdom-1"),
+    );
+    let vs_history = History::record(
+        &client,
+        &vs,
+        ns,
+        watcher::Config::default().fields("metadata.name=wisdom"),
+    );
+    helm_release(&env.cp, ns, "wisdom", &values(STEP2));
+    let step2 = Instant::now();
+    // Until KServe says wisdom-1 is Ready, requests with `traffic: test` go to wisdom-0. Each
+    // answer counts only if wisdom-1 was still not Ready after it came.
+    let mut before_ready = 0;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let a = infer(&env.http, env.dp.ingress(), &env.host, true).await;
+        let now = testenv::objects::get(&client, &isvc, ns, "wisdom-1")
+            .await
+            .unwrap();
+        if now.as_ref().is_some_and(|o| condition_true(o, "Ready")) {
+            break;
+        }
+        let good = a.as_ref().is_ok_and(|a| {
+            a.status == 200
+                && a.app_version.as_deref() == Some("wisdom-0")
+                && a.model_name() == Some("wisdom-0")
+        });
+        if !good {
+            env.fail(&format!(
+                "while wisdom-1 was not Ready, a `traffic: test` request got {a:?}"
+            ))
+            .await;
+        }
+        before_ready += 1;
+        if Instant::now() > deadline {
+            env.fail(&format!(
+                "timed out after {WAIT:?} waiting for KServe to report wisdom-1 Ready"
+            ))
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "wisdom-1 Ready {:?} after the step-2 upgrade; {before_ready} `traffic: test` requests \
+         before that, all answered by wisdom-0",
+        step2.elapsed()
+    );
+    assert!(
+        before_ready > 0,
+        "no request was sent while wisdom-1 was not Ready"
+    );
+    let step2_vs = env
+        .wait_obj(&client, &vs, "wisdom", "the candidate route", |o| {
+            route_names(o) == ["wisdom-1", "wisdom-0"]
+        })
+        .await;
+    assert_eq!(
+        step2_vs.data["spec"]["gateways"],
+        serde_json::json!([INGRESS_GATEWAY, "mesh"])
+    );
+    env.wait_answer(true, "step 2: wisdom-1 answers `traffic: test`", |a| {
+        a.app_version.as_deref() == Some("wisdom-1")
+    })
+    .await;
+    eprintln!(
+        "wisdom-1 answers {:?} after the step-2 upgrade",
+        step2.elapsed()
+    );
+    env.assert_answers(true, 10, "wisdom-1", "v1").await;
+    env.assert_answers(false, 10, "wisdom-0", "v0").await;
+
+    // The order of events, by resourceVersion: the pod's model answered (annotation), then
+    // kwok marked the pod Ready, then KServe the InferenceService, and only then did the
+    // VirtualService first route to wisdom-1; until then it was step 1's.
+    let annotated = pod_history
+        .first(|p| annotation(p, MODEL_READY_ANNOTATION) == Some("true"))
+        .expect("wisdom-1's pod got the model-ready annotation");
+    let pod_ready = pod_history
+        .first(|p| condition_true(p, "Ready"))
+        .expect("wisdom-1's pod became Ready");
+    let isvc_ready = isvc_history
+        .first(|o| condition_true(o, "Ready"))
+        .expect("wisdom-1 became Ready");
+    let routed = vs_history
+        .first(|o| route_names(o).iter().any(|r| r == "wisdom-1"))
+        .expect("the VirtualService routed to wisdom-1");
+    let order = [
+        ("model-ready annotation", revision(&annotated)),
+        ("pod Ready", revision(&pod_ready)),
+        ("InferenceService Ready", revision(&isvc_ready)),
+        ("VirtualService routes to wisdom-1", revision(&routed)),
+    ];
+    eprintln!("step 2 in resourceVersion order: {order:?}");
+    assert!(
+        order.windows(2).all(|w| w[0].1 < w[1].1),
+        "out of order: {order:?}"
+    );
+    let earlier_vs: Vec<Vec<String>> = vs_history
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|o| revision(o) < revision(&routed))
+        .map(route_names)
+        .collect();
+    assert!(
+        !earlier_vs.is_empty() && earlier_vs.iter().all(|r| r == &["wisdom-0"]),
+        "VirtualService before it routed to wisdom-1: {earlier_vs:?}"
+    );
+    assert!(revision(&step1_vs) < revision(&isvc_ready));
+    drop((pod_history, isvc_history, vs_history));
+
+    // Step 3: promotion. wisdom-1 goes (KServe's finalizer, then the garbage collector takes
+    // its Deployment and pod); wisdom-0 takes the candidate's labels, and KServe rolls its
+    // Deployment: the new pod serves the promoted model (v1), the old one serves until then.
+    helm_release(&env.cp, ns, "wisdom", &values(STEP3));
+    let step3 = Instant::now();
+    env.wait_gone(
+        &client,
+        &[
+            (isvc.clone(), "wisdom-1"),
+            (deployment(), "wisdom-1-predictor"),
+            (svc_ar(), "wisdom-1-predictor"),
+        ],
+    )
+    .await;
+    env.wait_obj(&client, &vs, "wisdom", "the step-3 VirtualService", |o| {
+        route_names(o) == ["wisdom-0"]
+    })
+    .await;
+    for test in [false, true] {
+        env.wait_answer(test, "step 3: the promoted model answers", |a| {
+            a.app_version.as_deref() == Some("wisdom-0") && a.model_version() == Some("v1")
+        })
+        .await;
+    }
+    eprintln!(
+        "the promoted model answers {:?} after the step-3 upgrade",
+        step3.elapsed()
+    );
+    env.assert_answers(true, 10, "wisdom-0", "v1").await;
+    env.assert_answers(false, 10, "wisdom-0", "v1").await;
+    env.wait_obj(
+        &client,
+        &isvc,
+        "wisdom-0",
+        "KServe to report wisdom-0 Ready",
+        |o| condition_true(o, "Ready"),
+    )
+    .await;
+
+    // Cleanup: `helm delete` leaves nothing of the release, and KServe's objects go with it.
+    helm(&env.cp, ns, &["delete", "wisdom"], None);
+    env.wait_gone(
+        &client,
+        &[
+            (vs.clone(), "wisdom"),
+            (isvc.clone(), "wisdom-0"),
+            (svc_ar(), "wisdom"),
+            (cm_ar(), "wisdom-routemap"),
+            (deployment(), "wisdom-0-predictor"),
+            (svc_ar(), "wisdom-0-predictor"),
+        ],
+    )
+    .await;
+    assert!(names(&client, &isvc, ns).await.is_empty());
+    assert!(names(&client, &vs, ns).await.is_empty());
+    assert!(!names(&client, &cm_ar(), ns)
+        .await
+        .iter()
+        .any(|n| n.starts_with("wisdom")));
+    let r = testenv::wait_for("every pod of the release to go", WAIT, || async {
+        names(&client, &pod_ar(), ns).await.is_empty().then_some(())
+    })
+    .await;
+    env.ok(r).await;
+    iter8.assert_clean_log();
+
+    let Env {
+        pods,
+        dp,
+        mut kserve,
+        mut kwok,
+        ..
+    } = env;
+    kserve.check_running().unwrap();
+    kwok.check_running().unwrap();
+    dp.check_healthy().unwrap();
+    pods.stop().await;
+    eprintln!("done after {:?}", started.elapsed());
+}
