@@ -12,6 +12,10 @@ InferenceService's annotations in `parameters.extra`:
   floor(n * share) failures, and with share 0.5 exactly every second request fails.
 - `delay_ms` (0 or more, annotation `testenv.iter8.tools/delay-ms`): every inference
   request is answered that much later (a failing one too).
+- `fails_to_load` (crates/testenv/src/pods.rs, `FAILING_STORAGE_URI`): `load` returns False, as
+  a model whose artifact is unusable. MLServer keeps running (its server answers) but the
+  model never becomes ready: `GET /v2/models/<name>/ready` answers 400, so the harness never
+  marks the pod's model ready.
 
 The failure is raised inside MLServer's inference handler, so MLServer counts it as a failed
 inference (`model_infer_request_failure_total`) and its REST middleware as a response with
@@ -55,6 +59,9 @@ class TestenvSKLearnModel(SKLearnModel):
         self._error_share = min(max(float(extra.get("error_share", 0)), 0.0), 1.0)
         self._delay = max(float(extra.get("delay_ms", 0)), 0.0) / 1000.0
         self._requests = 0
+        if extra.get("fails_to_load"):
+            logger.error("testenv: model %s fails to load (fails_to_load)", self.name)
+            return False
         ready = await super().load()
         self._create_series()
         return ready

@@ -9,6 +9,14 @@
 //! workload object: a version is Ready when KServe says so, which it does once kwok marks the
 //! pod Ready, which kwok does once the pod's model answers.
 //!
+//! In step 2 the candidate first comes with a model that fails to load (`storageUri`
+//! [`testenv::pods::FAILING_STORAGE_URI`]: its MLServer runs, the model never answers ready, so
+//! its pod never gets the model-ready annotation and kwok never marks it Ready): KServe reports
+//! it not Ready (`MinimumReplicasUnavailable`), the controller sees it and settles, and
+//! `traffic: test` requests keep going to wisdom-0. Then the tutorial's step-2 values fix the
+//! `storageUri`: KServe rolls the Deployment, the new pod's model answers, and from there the
+//! test goes on as the tutorial.
+//!
 //! Besides the answers at each step, it proves that the candidate gets no request before it is
 //! Ready: the VirtualService first routes to wisdom-1 only after its pod carried the
 //! model-ready annotation, kwok marked the pod Ready and KServe marked the InferenceService
@@ -50,7 +58,7 @@ use testenv::dataplane::DataPlane;
 use testenv::fixtures::{api_resource, deployment};
 use testenv::kserve_manager::KServeManager;
 use testenv::kwok::{self, Kwok};
-use testenv::pods::{PodWatcher, ISVC_LABEL, MODEL_READY_ANNOTATION};
+use testenv::pods::{PodWatcher, FAILING_STORAGE_URI, ISVC_LABEL, MODEL_READY_ANNOTATION};
 use testenv::{netns, ControlPlane, Options};
 
 /// The tutorial's step 1 in Standard mode (a golden case of the release chart).
@@ -89,6 +97,25 @@ fn values(golden: &str) -> String {
     v
 }
 
+/// Step 2's values with the candidate's (the second version's) `storageUri` replaced by one
+/// whose model fails to load.
+fn failing_candidate(values: &str) -> String {
+    let good = "storageUri: \"gs://seldon-models/sklearn/mms/lr_model\"";
+    let at = values.rfind(good).expect("the candidate's storageUri");
+    assert!(
+        values[..at].contains(good),
+        "two versions expected:\n{values}"
+    );
+    format!(
+        "{}storageUri: \"{FAILING_STORAGE_URI}\"{}",
+        &values[..at],
+        &values[at + good.len()..]
+    )
+}
+
+/// The `inferenceservices.serving.kserve.io` the controller watches (its metrics' label).
+const ISVCS: &str = "inferenceservices.serving.kserve.io";
+
 fn pod_ar() -> ApiResource {
     api_resource("", "v1", "Pod", "pods")
 }
@@ -100,6 +127,15 @@ fn condition_true(obj: &DynamicObject, type_: &str) -> bool {
             cs.iter()
                 .any(|c| c["type"] == type_ && c["status"] == "True")
         })
+}
+
+/// Condition `type_`'s status and reason.
+fn condition<'a>(obj: &'a DynamicObject, type_: &str) -> Option<(&'a str, Option<&'a str>)> {
+    obj.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| (c["status"].as_str().unwrap_or(""), c["reason"].as_str()))
 }
 
 fn annotation<'a>(obj: &'a DynamicObject, key: &str) -> Option<&'a str> {
@@ -488,6 +524,80 @@ async fn tutorial_in_standard_mode_with_the_real_kserve() {
         ns,
         watcher::Config::default().fields("metadata.name=wisdom"),
     );
+    // First with a model that fails to load: KServe says not Ready, and stays so.
+    let reconciles_before = iter8.metric("iter8_reconciles_total").await;
+    helm_release(&env.cp, ns, "wisdom", &failing_candidate(&values(STEP2)));
+    let failing = Instant::now();
+    env.wait_obj(
+        &client,
+        &isvc,
+        "wisdom-1",
+        "KServe to report wisdom-1 not Ready (MinimumReplicasUnavailable)",
+        |o| condition(o, "Ready") == Some(("False", Some("MinimumReplicasUnavailable"))),
+    )
+    .await;
+    // Its pod runs (with an IP, so the PodWatcher runs its MLServer) and is not Ready.
+    let r = testenv::wait_for("wisdom-1's pod to run", WAIT, || async {
+        pod_history
+            .first(|p| p.data["status"]["podIP"].is_string())
+            .and_then(|p| p.metadata.name)
+    })
+    .await;
+    let failing_pod = env.ok(r).await;
+    // The controller has seen wisdom-1 and reacted: it watches both InferenceServices,
+    // reconciled since the upgrade, and has nothing queued or in progress.
+    iter8.settled(ISVCS, 2).await;
+    let reconciles = iter8.metric("iter8_reconciles_total").await;
+    assert!(
+        reconciles > reconciles_before,
+        "no reconcile after wisdom-1 appeared ({reconciles_before} before, {reconciles} after)"
+    );
+    // For a while (at least 20 requests and 3 s), `traffic: test` still goes to wisdom-0 and
+    // wisdom-1 stays not Ready.
+    let mut while_failing = 0;
+    let counting = Instant::now();
+    let deadline = counting + WAIT;
+    while while_failing < 20 || counting.elapsed() < Duration::from_secs(3) {
+        let a = infer(&env.http, env.dp.ingress(), &env.host, true).await;
+        let good = a.as_ref().is_ok_and(|a| {
+            a.status == 200
+                && a.app_version.as_deref() == Some("wisdom-0")
+                && a.model_name() == Some("wisdom-0")
+        });
+        if !good {
+            env.fail(&format!(
+                "while wisdom-1's model failed to load, a `traffic: test` request got {a:?}"
+            ))
+            .await;
+        }
+        let now = testenv::objects::get(&client, &isvc, ns, "wisdom-1")
+            .await
+            .unwrap();
+        if now.as_ref().is_none_or(|o| condition_true(o, "Ready")) {
+            env.fail(&format!("wisdom-1 with a failing model: {now:?}"))
+                .await;
+        }
+        while_failing += 1;
+        if Instant::now() > deadline {
+            env.fail("timed out sending requests while wisdom-1's model failed to load")
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let now_vs = testenv::objects::get(&client, &vs, ns, "wisdom")
+        .await
+        .unwrap()
+        .expect("the VirtualService");
+    assert_eq!(route_names(&now_vs), ["wisdom-0"]);
+    eprintln!(
+        "wisdom-1 with a failing model: not Ready, {while_failing} `traffic: test` requests \
+         answered by wisdom-0 in {:?} ({:?} after that upgrade)",
+        counting.elapsed(),
+        failing.elapsed()
+    );
+
+    // Then the tutorial's step-2 values: KServe rolls wisdom-1's Deployment; the failing pod
+    // serves nothing until the new one is Ready.
     helm_release(&env.cp, ns, "wisdom", &values(STEP2));
     let step2 = Instant::now();
     // Until KServe says wisdom-1 is Ready, requests with `traffic: test` go to wisdom-0. Each
@@ -590,6 +700,27 @@ async fn tutorial_in_standard_mode_with_the_real_kserve() {
         "VirtualService before it routed to wisdom-1: {earlier_vs:?}"
     );
     assert!(revision(&step1_vs) < revision(&isvc_ready));
+    // The failing model's pod never got the model-ready annotation nor became Ready; the
+    // annotated pod is the rollout's new one.
+    let failing_states: Vec<DynamicObject> = pod_history
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| p.metadata.name.as_deref() == Some(failing_pod.as_str()))
+        .cloned()
+        .collect();
+    assert!(
+        !failing_states.is_empty()
+            && failing_states.iter().all(|p| {
+                annotation(p, MODEL_READY_ANNOTATION).is_none() && !condition_true(p, "Ready")
+            }),
+        "the failing model's pod {failing_pod}: {failing_states:?}"
+    );
+    assert_ne!(
+        annotated.metadata.name.as_deref(),
+        Some(failing_pod.as_str())
+    );
     drop((pod_history, isvc_history, vs_history));
 
     // Step 3: promotion. wisdom-1 goes (KServe's finalizer, then the garbage collector takes

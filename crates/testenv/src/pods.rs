@@ -41,6 +41,15 @@ pub const MODEL_READY_ANNOTATION: &str = "testenv.iter8.tools/model-ready";
 /// The pod label KServe (Standard mode) puts on an InferenceService's predictor pods.
 pub const ISVC_LABEL: &str = "serving.kserve.io/inferenceservice";
 
+/// The pod annotation where KServe's pod mutator puts the InferenceService's `storageUri`.
+pub const STORAGE_URI_ANNOTATION: &str = "internal.serving.kserve.io/storage-initializer-sourceuri";
+
+/// A `storageUri` whose model fails to load: a pod with it ([`STORAGE_URI_ANNOTATION`]) gets
+/// an MLServer that runs but whose model's `load` fails (the runtime's `fails_to_load`), so the
+/// model never answers its ready endpoint and the pod never gets [`MODEL_READY_ANNOTATION`]
+/// (kwok never marks it Ready). Any other `storageUri` serves the trained variant.
+pub const FAILING_STORAGE_URI: &str = "gs://testenv-iter8-tools/model-that-fails-to-load";
+
 /// How long a model server may take to answer its ready endpoint (about 2 s when idle; much
 /// longer while several start at once on 2 cores).
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -55,6 +64,9 @@ pub struct PodModel {
     pub variant: String,
     /// Errors and latency to inject.
     pub faults: Faults,
+    /// The model fails to load (see [`FAILING_STORAGE_URI`]): MLServer runs, the model is
+    /// never ready.
+    pub fails_to_load: bool,
 }
 
 impl PodModel {
@@ -64,6 +76,7 @@ impl PodModel {
             name: name.to_string(),
             variant: variant.to_string(),
             faults: Faults::default(),
+            fails_to_load: false,
         }
     }
 
@@ -74,7 +87,8 @@ impl PodModel {
     /// anything else the first; faults from the annotations
     /// [`crate::dataplane::ERROR_SHARE_ANNOTATION`] and
     /// [`crate::dataplane::DELAY_MS_ANNOTATION`] (KServe copies the InferenceService's labels
-    /// and annotations to its pods).
+    /// and annotations to its pods); failing to load if its [`STORAGE_URI_ANNOTATION`] is
+    /// [`FAILING_STORAGE_URI`].
     pub fn of_pod(pod: &Pod) -> Result<PodModel> {
         let labels = pod.metadata.labels.as_ref();
         let from_env = || {
@@ -97,10 +111,17 @@ impl PodModel {
         };
         let faults = Faults::from_annotations(pod.metadata.annotations.as_ref())
             .with_context(|| format!("pod {}", pod_key(pod)))?;
+        let fails_to_load = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(STORAGE_URI_ANNOTATION))
+            .is_some_and(|uri| uri == FAILING_STORAGE_URI);
         Ok(PodModel {
             name,
             variant: variant.to_string(),
             faults,
+            fails_to_load,
         })
     }
 }
@@ -275,8 +296,11 @@ fn write_repository(
             .context("the trained model's model-settings.json")?;
     settings["name"] = json!(model.name);
     settings["implementation"] = json!(format!("{RUNTIME_MODULE}.TestenvSKLearnModel"));
-    settings["parameters"]["extra"] =
-        json!({"error_share": model.faults.error_share, "delay_ms": model.faults.delay_ms});
+    settings["parameters"]["extra"] = json!({
+        "error_share": model.faults.error_share,
+        "delay_ms": model.faults.delay_ms,
+        "fails_to_load": model.fails_to_load,
+    });
     std::fs::write(
         model_dir.join("model-settings.json"),
         serde_json::to_vec_pretty(&settings)?,
@@ -477,7 +501,8 @@ async fn worker(
     loop {
         let want = rx.borrow_and_update().clone();
         let current = running.as_ref().map(|s| (s.ports, s.model.clone()));
-        if want != current {
+        // Asked for none: stop (if running) and go, also after a start that never finished.
+        if want != current || want.is_none() {
             if let Some(old) = running.take() {
                 println!(
                     "{TAG} pod {key}: stopping its model server at {}",
@@ -496,9 +521,23 @@ async fn worker(
                     map.remove(&uid);
                     return;
                 }
-                Some((ports, model)) => match start_and_annotate(&api, &name, &uid, ports, &model)
-                    .await
-                {
+                Some((ports, model)) => match tokio::select! {
+                    r = start_and_annotate(&api, &name, &uid, ports, &model) => r,
+                    // The pod changed (deleted, new IP or model) while its model was starting
+                    // (or never answering: a model that fails to load): drop that server
+                    // (which stops it) and follow the change.
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        println!(
+                            "{TAG} pod {key}: changed before its model answered; stopping its \
+                             model server at {}:{}",
+                            ports.ip, ports.http
+                        );
+                        continue;
+                    }
+                } {
                     Ok(server) => {
                         println!(
                             "{TAG} pod {key}: model {} ({}) answers at {}; annotated {MODEL_READY_ANNOTATION}",
@@ -567,7 +606,15 @@ mod tests {
         assert_eq!(model.name, "wisdom-1");
         assert_eq!(model.variant, "v1");
         assert_eq!(model.faults.error_share, 0.5);
+        assert!(!model.fails_to_load);
         assert_eq!(http_port(&p), 9000);
+        let mut failing = p.clone();
+        failing
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(STORAGE_URI_ANNOTATION.into(), FAILING_STORAGE_URI.into());
+        assert!(PodModel::of_pod(&failing).is_ok_and(|m| m.fails_to_load));
     }
 
     #[test]
