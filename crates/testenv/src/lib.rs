@@ -631,7 +631,10 @@ fn start_apiserver(
         // The audit log lets benchmarks count each user's requests.
         format!("--audit-log-path={}", dir.join("audit.log").display()),
         format!("--audit-policy-file={}", write_audit_policy(dir)?.display()),
-        "--audit-log-maxsize=0".into(),
+        // Never rotated: the benchmarks count requests between byte offsets of this file, and
+        // 0 does not mean "unlimited" (the log writer's default, 100 MB, applies): at N = 2000
+        // the file was rotated mid-phase and a phase's count read 0.
+        "--audit-log-maxsize=1000000".into(),
     ];
     Process::start("kube-apiserver", &tools.kube_apiserver, &args, dir)
 }
