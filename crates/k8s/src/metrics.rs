@@ -38,6 +38,8 @@ pub struct Metrics {
     pub watched: Family<Labels, Gauge>,
     pub queue_depth: Gauge,
     pub watch_restarts: Counter,
+    /// Changes delivered by each watch (whether or not they changed what the store keeps).
+    pub watch_events: Family<Labels, Counter>,
     /// Analysis phase per application: 1 for the current phase, 0 for the others.
     pub analysis_phase: Family<Labels, Gauge>,
     /// Weight per version of each analysed application.
@@ -65,6 +67,7 @@ impl Default for Metrics {
             watched: Family::default(),
             queue_depth: Gauge::default(),
             watch_restarts: Counter::default(),
+            watch_events: Family::default(),
             analysis_phase: Family::default(),
             analysis_weight: Family::default(),
             analysis_metric_value: Family::default(),
@@ -123,6 +126,11 @@ impl Default for Metrics {
             "watch_restarts",
             "Watch streams that failed and restarted",
             m.watch_restarts.clone(),
+        );
+        registry.register(
+            "watch_events",
+            "Changes delivered by each watch, counted before the store compares them",
+            m.watch_events.clone(),
         );
         registry.register(
             "analysis_phase",

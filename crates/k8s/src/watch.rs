@@ -34,6 +34,14 @@ pub fn backoff() -> impl Iterator<Item = Duration> {
     crate::error::backoff(Duration::from_millis(250), Duration::from_secs(4))
 }
 
+/// Counts a change a watch delivered.
+fn seen(metrics: &Metrics, id: &WatchId) {
+    metrics
+        .watch_events
+        .get_or_create(&vec![("watch", id.to_string())])
+        .inc();
+}
+
 /// Runs a watch forever, handing every change to `apply`. Each object is first reduced to
 /// what its store keeps (`reduce`), so a (re)list buffers the reduced values, never every
 /// full object at once.
@@ -71,8 +79,14 @@ pub async fn run<K, R, F>(
                         tracing::info!(watch = %id, "watch listed again");
                     }
                 }
-                Event::Apply(o) => apply(Change::Applied(reduce(o))),
-                Event::Delete(o) => apply(Change::Deleted(reduce(o))),
+                Event::Apply(o) => {
+                    seen(&metrics, &id);
+                    apply(Change::Applied(reduce(o)))
+                }
+                Event::Delete(o) => {
+                    seen(&metrics, &id);
+                    apply(Change::Deleted(reduce(o)))
+                }
             },
             // The watcher stream never ends; if it did, there is nothing left to watch.
             Ok(None) => return,
