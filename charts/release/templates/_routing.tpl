@@ -224,6 +224,48 @@ spec:
   - name: {{ include "release.routing.versionName" (merge (dict "v" $primary) $) }}
     {{- include "release.istio.routeTo" (merge (dict "v" $primary) $) | nindent 4 }}
   {{- end }}
+{{- else if and (eq .strategy "mirror") (eq .env.routing "kserve-standard") }}
+  {{- /*
+  mirror on KServe Standard mode: a copy keeps the primary's rewritten path, which the
+  candidate's model server does not serve, and Istio has no per-mirror rewrite. So the copy goes
+  back through the Istio ingress gateway (bound through `gateway`) marked with the header
+  `branch: <candidate>`, where the candidate's own route rewrites the path. Istio keeps a copy's
+  Host (it turns off Envoy's "-shadow" suffix), so the mark is a header the primary route sets:
+  the primary receives it too and ignores it. The candidate's route matches the primary's path
+  as a prefix, which every copy has, so that the rewrite replaces exactly that prefix.
+  */}}
+  {{- range $v := $candidates }}
+  {{ include "release.tmpl.ifReady" $v.index }}
+  - name: {{ $v.isvc.name }}
+    match:
+    - headers:
+        branch:
+          exact: {{ $v.isvc.name }}
+      uri:
+        prefix: /v2/models/{{ $primary.isvc.name }}/infer
+    {{- include "release.istio.routeTo" (merge (dict "v" $v "branch" true) $) | nindent 4 }}
+  {{ include "release.tmpl.end" . }}
+  {{- end }}
+  - name: {{ $name }}
+    {{- range $v := $candidates }}
+    {{ include "release.tmpl.ifReady" $v.index }}
+    headers:
+      request:
+        set:
+          branch: {{ $v.isvc.name }}
+    {{ include "release.tmpl.end" . }}
+    {{- end }}
+    {{- include "release.istio.routeTo" (merge (dict "v" $primary) $) | nindent 4 }}
+    {{- range $v := $candidates }}
+    {{ include "release.tmpl.ifReady" $v.index }}
+    mirror:
+      host: {{ $.env.entry }}.istio-system.svc.cluster.local
+      port:
+        number: 80
+    mirrorPercentage:
+      value: {{ include "release.tmpl.weight" $v.index }}
+    {{ include "release.tmpl.end" . }}
+    {{- end }}
 {{- else if eq .strategy "mirror" }}
   {{- /* everything to the primary; a copy of a share of it to the candidate */}}
   - name: {{ $name }}

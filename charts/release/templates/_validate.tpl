@@ -22,8 +22,10 @@ so no template runs on values that would make it fail obscurely.
   {{- with $env.note }}{{ $why = printf ": %s" . }}{{ end -}}
   {{- fail (printf "application.strategy %q is not supported by environment %s (supported: %s)%s" $strategy .Values.environment (join ", " $env.strategies) $why) -}}
 {{- end -}}
-{{- if and (eq $env.routing "kserve-standard") (eq $strategy "blue-green") (not .Values.gateway) -}}
-  {{- fail (printf "gateway is required for environment %s with strategy blue-green: the Istio Gateway (namespace/name) of istio-ingressgateway, which must accept the host %s.%s; the weighted route passes through it so that each version's route can rewrite the path to its own model" .Values.environment (include "release.appName" .) (include "release.appNamespace" .)) -}}
+{{- if and (eq $env.routing "kserve-standard") (has $strategy (list "blue-green" "mirror")) (not .Values.gateway) -}}
+  {{- $through := "the weighted route passes through it so that each version's route can rewrite the path to its own model" -}}
+  {{- if eq $strategy "mirror" }}{{ $through = "mirrored copies pass through it so that the candidate's route can rewrite the path to its own model" }}{{ end -}}
+  {{- fail (printf "gateway is required for environment %s with strategy %s: the Istio Gateway (namespace/name) of istio-ingressgateway, which must accept the host %s.%s; %s" .Values.environment $strategy (include "release.appName" .) (include "release.appNamespace" .) $through) -}}
 {{- end -}}
 {{- $versions := .Values.application.versions | default list -}}
 {{- if not $versions -}}

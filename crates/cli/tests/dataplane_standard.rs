@@ -23,7 +23,13 @@
 //! Ready (in that order, by etcd's global resourceVersion order), and requests with `traffic:
 //! test` sent while it was not Ready were all answered by wisdom-0.
 //!
-//! Runs in a network namespace of its own (`testenv::netns::isolate`, pod IPs local there) with
+//! A second test plays blue-green (80/20) and mirror (30%) in Standard mode the same way: the
+//! weighted route and the mirrored copies pass through the ingress gateway, whose per-version
+//! routes rewrite the path to each version's model; it counts the answers per version and the
+//! copies the candidate's model server answered (its MLServer metrics), and checks that the
+//! primary answered each client request exactly once.
+//!
+//! Each test runs in a network namespace of its own (`testenv::netns::isolate`, pod IPs local there) with
 //! its own control plane and data plane: about 2 GB resident at its peak (sum of RSS, two or
 //! three MLServers included) and 26-38 s on 2 busy cores. Needs root,
 //! `unshare` and `ip`, and from `testenv/setup.sh` the KServe manager, kwok, kube-scheduler,
@@ -341,6 +347,21 @@ impl Env {
         out
     }
 
+    /// Checks that KServe, kwok and the data plane still run, then stops the pods' servers.
+    async fn stop(self) {
+        let Env {
+            pods,
+            dp,
+            mut kserve,
+            mut kwok,
+            ..
+        } = self;
+        kserve.check_running().unwrap();
+        kwok.check_running().unwrap();
+        dp.check_healthy().unwrap();
+        pods.stop().await;
+    }
+
     /// Waits until object `name` of `ar` satisfies `check` (`what` names it); returns it.
     async fn wait_obj(
         &self,
@@ -417,14 +438,9 @@ impl Env {
     }
 }
 
-/// Steps 1-3 of the tutorial in Standard mode and `helm delete`, with the real KServe manager,
-/// each step checked with the tutorial's requests through the ingress Envoy.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tutorial_in_standard_mode_with_the_real_kserve() {
-    if !netns::isolate("tutorial_in_standard_mode_with_the_real_kserve") {
-        return;
-    }
-    let started = Instant::now();
+/// Starts everything a test needs (see the module docs) with a namespace named after
+/// `ns_prefix` and our controller from its chart: the environment, the controller, a client.
+async fn start(ns_prefix: &str) -> (Env, Iter8, Client) {
     let cp = ControlPlane::start(Options {
         controller_manager: true,
         workload_controllers: true,
@@ -443,7 +459,7 @@ async fn tutorial_in_standard_mode_with_the_real_kserve() {
     let dp = dp.unwrap_or_else(|e| panic!("data plane: {e:#}"));
     let client = cp.client().await.unwrap();
     let pods = PodWatcher::start(client.clone(), kwok::NODE);
-    let ns = cp.namespace("standard").await.unwrap();
+    let ns = cp.namespace(ns_prefix).await.unwrap();
     // The controller runs out of cluster (as in every e2e test): its chart's Deployment gets
     // no pod, which kwok would otherwise run and the PodWatcher serve a model for.
     let iter8 = install_controller(&cp, &ns, false, &["replicas=0"]).await;
@@ -458,6 +474,19 @@ async fn tutorial_in_standard_mode_with_the_real_kserve() {
         host: format!("wisdom.{ns}"),
         ns: ns.clone(),
     };
+    (env, iter8, client)
+}
+
+/// Steps 1-3 of the tutorial in Standard mode and `helm delete`, with the real KServe manager,
+/// each step checked with the tutorial's requests through the ingress Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tutorial_in_standard_mode_with_the_real_kserve() {
+    if !netns::isolate("tutorial_in_standard_mode_with_the_real_kserve") {
+        return;
+    }
+    let started = Instant::now();
+    let (env, iter8, client) = start("standard").await;
+    let ns = env.ns.clone();
     let ns = ns.as_str();
     let (isvc, vs) = (isvc_ar(), vs_ar());
     eprintln!("everything up after {:?}", started.elapsed());
@@ -789,16 +818,198 @@ async fn tutorial_in_standard_mode_with_the_real_kserve() {
     env.ok(r).await;
     iter8.assert_clean_log();
 
-    let Env {
-        pods,
-        dp,
-        mut kserve,
-        mut kwok,
-        ..
-    } = env;
-    kserve.check_running().unwrap();
-    kwok.check_running().unwrap();
-    dp.check_healthy().unwrap();
-    pods.stop().await;
+    env.stop().await;
+    eprintln!("done after {:?}", started.elapsed());
+}
+
+/// Blue-green in Standard mode (a golden case: wisdom-0 80, wisdom-1 20).
+const BLUE_GREEN: &str =
+    include_str!("../../../testdata/charts/kserve-standard-blue-green/values.yaml");
+/// Mirror in Standard mode (a golden case: 30% of requests copied to wisdom-1).
+const MIRROR: &str = include_str!("../../../testdata/charts/kserve-standard-mirror/values.yaml");
+
+/// A golden case's values with `gateway` set to the data plane's ingress Gateway.
+fn through_ingress(golden: &str) -> String {
+    let line = "gateway: istio-system/ingress\n";
+    assert!(golden.contains(line), "unexpected golden values:\n{golden}");
+    golden.replacen(line, &format!("gateway: {INGRESS_GATEWAY}\n"), 1)
+}
+
+/// Inferences the model server of InferenceService `isvc`'s Ready pod answered (MLServer's
+/// counter at the pod's metrics port), and the pod it read them from.
+async fn inferences(client: &Client, ns: &str, isvc: &str) -> Option<(String, f64)> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("{ISVC_LABEL}={isvc}")))
+        .await
+        .ok()?;
+    let pod = pods.items.into_iter().find(|p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })?;
+    let ip: std::net::Ipv4Addr = pod.status.as_ref()?.pod_ip.as_ref()?.parse().ok()?;
+    let ports = testenv::pods::kserve_ports(ip, testenv::pods::http_port(&pod));
+    let addr = SocketAddr::from((ports.ip, ports.metrics));
+    let text = tokio::task::spawn_blocking(move || {
+        testenv::http::get(addr, &addr.to_string(), "/metrics").map(|r| r.body)
+    })
+    .await
+    .ok()??;
+    let scrape = testenv::metrics::parse(&text).ok()?;
+    Some((
+        pod.metadata.name.unwrap_or_default(),
+        scrape.get("model_infer_request_success_total", Some(("model", isvc))),
+    ))
+}
+
+/// Blue-green and mirror in Standard mode with the real KServe, through the ingress Envoy:
+/// the weighted route picks a version and passes through the ingress gateway, whose
+/// per-version routes rewrite the path to that version's model; a mirrored copy passes through
+/// the gateway the same way and reaches the candidate's model, while clients see only the
+/// primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_and_mirror_in_standard_mode_with_the_real_kserve() {
+    if !netns::isolate("blue_green_and_mirror_in_standard_mode_with_the_real_kserve") {
+        return;
+    }
+    let started = Instant::now();
+    let (env, iter8, client) = start("split").await;
+    let ns = env.ns.clone();
+    let ns = ns.as_str();
+    let (isvc, vs) = (isvc_ar(), vs_ar());
+
+    // Blue-green 80/20: both versions Ready (KServe says so), the weighted route "split".
+    helm_release(&env.cp, ns, "wisdom", &through_ingress(BLUE_GREEN));
+    for name in ["wisdom-0", "wisdom-1"] {
+        env.wait_obj(
+            &client,
+            &isvc,
+            name,
+            &format!("KServe to report {name} Ready"),
+            |o| condition_true(o, "Ready"),
+        )
+        .await;
+    }
+    env.wait_obj(&client, &vs, "wisdom", "the weighted VirtualService", |o| {
+        route_names(o) == ["wisdom-0", "wisdom-1", "split"]
+    })
+    .await;
+    for version in ["wisdom-0", "wisdom-1"] {
+        env.wait_answer(false, &format!("{version} to answer"), |a| {
+            a.status == 200 && a.app_version.as_deref() == Some(version)
+        })
+        .await;
+    }
+    let n = 300;
+    let mut to_candidate = 0;
+    for _ in 0..n {
+        let a = infer(&env.http, env.dp.ingress(), &env.host, false).await;
+        // Each answer comes from the model of the version that says it answered.
+        let version = a
+            .as_ref()
+            .ok()
+            .filter(|a| a.status == 200 && a.model_name() == a.app_version.as_deref())
+            .and_then(|a| a.app_version.clone());
+        match version.as_deref() {
+            Some("wisdom-0") => {}
+            Some("wisdom-1") => to_candidate += 1,
+            _ => env.fail(&format!("blue-green: {a:?}")).await,
+        }
+    }
+    // 20% of 300 is 60 (standard deviation 6.9).
+    eprintln!("blue-green 80/20: wisdom-1 answered {to_candidate} of {n}");
+    assert!(
+        (35..=85).contains(&to_candidate),
+        "wisdom-1 answered {to_candidate} of {n} requests, want about 20%"
+    );
+
+    // Mirror 30%: clients see only wisdom-0; copies reach wisdom-1's model.
+    let reconciles = iter8.metric("iter8_reconciles_total").await;
+    helm_release(&env.cp, ns, "wisdom", &through_ingress(MIRROR));
+    let mirror_vs = env
+        .wait_obj(&client, &vs, "wisdom", "the mirror VirtualService", |o| {
+            route_names(o) == ["wisdom-1", "wisdom"]
+        })
+        .await;
+    assert_eq!(
+        mirror_vs.data["spec"]["http"][1]["mirrorPercentage"]["value"],
+        serde_json::json!(30),
+        "{mirror_vs:?}"
+    );
+    assert!(iter8.metric("iter8_reconciles_total").await > reconciles);
+    // Envoy has the mirror once a copy arrives.
+    let r = testenv::wait_for("a mirrored copy to reach wisdom-1", WAIT, || async {
+        let before = inferences(&client, ns, "wisdom-1").await?.1;
+        for _ in 0..10 {
+            let a = infer(&env.http, env.dp.ingress(), &env.host, false).await;
+            a.ok().filter(|a| a.status == 200)?;
+        }
+        let after = inferences(&client, ns, "wisdom-1").await?.1;
+        (after > before).then_some(())
+    })
+    .await;
+    env.ok(r).await;
+    let (pod, before) = inferences(&client, ns, "wisdom-1")
+        .await
+        .expect("wisdom-1's counter");
+    let (_, primary_before) = inferences(&client, ns, "wisdom-0")
+        .await
+        .expect("wisdom-0's counter");
+    let n = 300_u32;
+    for _ in 0..n {
+        let a = infer(&env.http, env.dp.ingress(), &env.host, false).await;
+        let good = a.as_ref().is_ok_and(|a| {
+            a.status == 200
+                && a.app_version.as_deref() == Some("wisdom-0")
+                && a.model_name() == Some("wisdom-0")
+        });
+        if !good {
+            env.fail(&format!(
+                "mirror: clients must see only wisdom-0, got {a:?}"
+            ))
+            .await;
+        }
+    }
+    // Copies are sent in the background: wait until most of the expected 90 (30% of 300,
+    // standard deviation 7.9) have arrived; late ones can only add to the upper bound's side.
+    let r = testenv::wait_for("the mirrored copies", WAIT, || async {
+        let (now_pod, now) = inferences(&client, ns, "wisdom-1").await?;
+        (now_pod == pod && now - before >= 60.0).then_some(())
+    })
+    .await;
+    env.ok(r).await;
+    let (now_pod, now) = inferences(&client, ns, "wisdom-1").await.expect("counter");
+    let copies = now - before;
+    eprintln!("mirror 30%: wisdom-1's model answered {copies} copies of {n} requests");
+    assert_eq!(now_pod, pod, "wisdom-1's pod changed");
+    // The primary answered each request once: no copy came back to it (a copy that missed the
+    // candidate's route would be mirrored again by the primary's).
+    let (_, primary) = inferences(&client, ns, "wisdom-0").await.expect("counter");
+    assert_eq!(
+        primary - primary_before,
+        f64::from(n),
+        "wisdom-0's inferences"
+    );
+    assert!(
+        (60.0..=120.0).contains(&copies),
+        "{copies} copies of {n} requests, want about 30%"
+    );
+
+    // `helm delete` leaves nothing of the release.
+    helm(&env.cp, ns, &["delete", "wisdom"], None);
+    env.wait_gone(
+        &client,
+        &[
+            (vs.clone(), "wisdom"),
+            (isvc.clone(), "wisdom-0"),
+            (isvc.clone(), "wisdom-1"),
+            (svc_ar(), "wisdom"),
+            (cm_ar(), "wisdom-routemap"),
+        ],
+    )
+    .await;
+    iter8.assert_clean_log();
+    env.stop().await;
     eprintln!("done after {:?}", started.elapsed());
 }

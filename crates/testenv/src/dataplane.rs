@@ -389,6 +389,18 @@ impl DataPlane {
         )
         .await?;
 
+        // istio-ingressgateway.istio-system:80, as in a cluster: KServe Standard mode's weighted
+        // and mirrored routes pass through it (charts/release, environment kserve-standard).
+        register_backend(
+            &client,
+            "istio-system",
+            "istio-ingressgateway",
+            &BTreeMap::from([(INGRESS_SELECTOR.0.to_string(), INGRESS_SELECTOR.1.to_string())]),
+            80,
+            Ipv4Addr::LOCALHOST,
+            ingress_port,
+        )
+        .await?;
         let scrape = Arc::new(ScrapeTargets::new(dir.path().join("scrape-targets.json"))?);
         let mut dp = DataPlane {
             prometheus: tokio::sync::OnceCell::new(),
