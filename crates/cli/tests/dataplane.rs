@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod infer;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -20,17 +22,15 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use kube::api::{Api, DynamicObject};
 use kube::Client;
-use serde_json::Value;
 use testenv::dataplane::{self, DataPlane};
 use testenv::fixtures::{inference_service, virtual_service};
 use testenv::metrics::Scrape;
 use testenv::routes::route_names;
 use testenv::{kserve, objects, workloads};
 
-const WAIT: Duration = Duration::from_secs(90);
+use infer::{http_client, infer, traffic, Answer, HttpClient};
 
-/// The tutorial's input.json (iter8-tools/docs samples/kserve-serving/input.json).
-const INPUT: &str = r#"{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}]}"#;
+const WAIT: Duration = Duration::from_secs(90);
 
 /// Step 1 of the tutorial, verbatim (also a golden case of the release chart).
 const STEP1: &str = include_str!("../../../testdata/charts/tutorial-step1/values.yaml");
@@ -115,74 +115,6 @@ fn helm_upgrade(cp: &testenv::ControlPlane, ns: &str, release: &str, values: &st
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
-fn http_client() -> HttpClient {
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
-}
-
-/// What a client sees of one answer.
-#[derive(Debug, Clone)]
-struct Answer {
-    status: u16,
-    app_version: Option<String>,
-    body: Value,
-}
-
-impl Answer {
-    fn model_version(&self) -> Option<&str> {
-        self.body["model_version"].as_str()
-    }
-    fn model_name(&self) -> Option<&str> {
-        self.body["model_name"].as_str()
-    }
-}
-
-/// The tutorial's request from outside the cluster: POST input.json to the ingress gateway
-/// with `Host: <app>.<ns>` and, for the candidate, `traffic: test`.
-async fn infer(
-    client: &HttpClient,
-    ingress: SocketAddr,
-    host: &str,
-    test: bool,
-) -> Result<Answer, String> {
-    let mut req = hyper::Request::post(format!("http://{ingress}/"))
-        .header("Host", host)
-        .header("Content-Type", "application/json");
-    if test {
-        req = req.header("traffic", "test");
-    }
-    let req = req
-        .body(Full::new(Bytes::from_static(INPUT.as_bytes())))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| format!("{e:?}"))?;
-    let status = resp.status().as_u16();
-    let app_version = resp
-        .headers()
-        .get("app-version")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    Ok(Answer {
-        status,
-        app_version,
-        body,
-    })
-}
-
 /// Sends requests until one satisfies `ok`; fails with the last answer and the data plane's
 /// logs after `within`.
 async fn wait_answer(
@@ -197,7 +129,7 @@ async fn wait_answer(
     let deadline = Instant::now() + within;
     let mut last = Err("no request sent".to_string());
     while Instant::now() < deadline {
-        last = infer(client, dp.ingress(), host, test).await;
+        last = infer(client, dp.ingress(), host, traffic(test)).await;
         if let Ok(a) = &last {
             if ok(a) {
                 return a.clone();
@@ -224,7 +156,9 @@ async fn assert_answers(
     model: &str,
 ) {
     for _ in 0..n {
-        let a = infer(client, dp.ingress(), host, test).await.unwrap();
+        let a = infer(client, dp.ingress(), host, traffic(test))
+            .await
+            .unwrap();
         assert_eq!(a.status, 200, "answer {a:?}");
         assert_eq!(
             a.app_version.as_deref(),
@@ -422,7 +356,7 @@ async fn continuous_load_through_a_rollout_never_fails() {
                 tick.tick().await;
                 let sent = t0.elapsed();
                 let test = i % 2 == 0;
-                let a = infer(&http, ingress, &host, test).await;
+                let a = infer(&http, ingress, &host, traffic(test)).await;
                 log.push((sent, test, a));
                 sent_count.fetch_add(1, Ordering::Relaxed);
             }

@@ -15,21 +15,20 @@
 #![allow(clippy::unwrap_used)]
 
 mod e2e;
+mod infer;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::{cm_ar, helm, helm_release, install_controller, isvc_ar, vs_ar};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{json, Value};
 use testenv::dataplane::{self, DataPlane, ERROR_SHARE_ANNOTATION};
 use testenv::prometheus::Prometheus;
 
-/// The tutorial's input.json.
-const INPUT: &str = r#"{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}]}"#;
+use infer::{http_client, infer, traffic, HttpClient};
+
 /// Step 2 of the tutorial (both versions deployed).
 const STEP2: &str = include_str!("../../../testdata/charts/tutorial-step2/values.yaml");
 /// Concurrent clients of the steady load.
@@ -37,11 +36,6 @@ const CLIENTS: usize = 6;
 
 /// One test at a time in this binary.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
 
 /// The error ratio of a version over the interval, and its request count (MLServer's metrics).
 const ERROR_RATIO: &str = r#"sum(increase(model_infer_request_failure_total{namespace="{{ namespace }}",isvc="{{ version.name }}"}[{{ interval }}])) / sum(increase(model_infer_request_duration_count{namespace="{{ namespace }}",isvc="{{ version.name }}"}[{{ interval }}]))"#;
@@ -72,45 +66,20 @@ struct Load {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-async fn infer(client: &HttpClient, ingress: SocketAddr, host: &str, test: bool) -> Answer {
+/// One request of the load: its answer, or status 0 if none came.
+async fn send(client: &HttpClient, ingress: SocketAddr, host: &str, test: bool) -> Answer {
     let sent = Instant::now();
-    let mut req = hyper::Request::post(format!("http://{ingress}/"))
-        .header("Host", host)
-        .header("Content-Type", "application/json");
-    if test {
-        req = req.header("traffic", "test");
-    }
-    let req = req
-        .body(Full::new(Bytes::from_static(INPUT.as_bytes())))
-        .unwrap();
-    match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
-        Ok(Ok(resp)) => {
-            let status = resp.status().as_u16();
-            let version = resp
-                .headers()
-                .get("app-version")
-                .and_then(|v| v.to_str().ok())
-                .map(String::from);
-            let _ = resp.into_body().collect().await;
-            Answer {
-                sent,
-                status,
-                version,
-            }
-        }
-        _ => Answer {
-            sent,
-            status: 0,
-            version: None,
-        },
+    let answer = infer(client, ingress, host, traffic(test)).await;
+    Answer {
+        sent,
+        status: answer.as_ref().map_or(0, |a| a.status),
+        version: answer.ok().and_then(|a| a.app_version),
     }
 }
 
 impl Load {
     fn start(dp: &DataPlane, ns: &str, test: bool) -> Load {
-        let client: HttpClient =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
+        let client = http_client();
         let answers = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let host = format!("wisdom.{ns}");
@@ -125,7 +94,7 @@ impl Load {
                 );
                 tokio::spawn(async move {
                     while !*stopped.borrow() {
-                        let a = infer(&client, ingress, &host, test).await;
+                        let a = send(&client, ingress, &host, test).await;
                         answers.lock().unwrap().push(a);
                     }
                 })
@@ -637,15 +606,13 @@ async fn a_canary_is_judged_on_its_header_traffic_then_promotion_sends_every_req
         .iter()
         .any(|a| a.version.as_deref() == Some("wisdom-1")));
     // After the promotion every request goes to the candidate, with or without the header.
-    let client: HttpClient =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
+    let client = http_client();
     let host = format!("wisdom.{ns}");
     testenv::wait_for(
         "requests without the header to reach the candidate",
         Duration::from_secs(30),
         || async {
-            let a = infer(&client, dp.ingress(), &host, false).await;
+            let a = send(&client, dp.ingress(), &host, false).await;
             (a.version.as_deref() == Some("wisdom-1")).then_some(())
         },
     )
@@ -653,7 +620,7 @@ async fn a_canary_is_judged_on_its_header_traffic_then_promotion_sends_every_req
     .unwrap();
     for test in [false, true] {
         for _ in 0..20 {
-            let a = infer(&client, dp.ingress(), &host, test).await;
+            let a = send(&client, dp.ingress(), &host, test).await;
             assert_eq!(
                 (a.status, a.version.as_deref()),
                 (200, Some("wisdom-1")),

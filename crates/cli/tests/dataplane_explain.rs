@@ -13,6 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod e2e;
+mod infer;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,8 +22,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::{helm_release, install_controller, route_names, vs_ar, wait_obj};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use iter8_abn::proto::abn_client::AbnClient;
 use iter8_abn::proto::Application;
 use kube::api::{Api, DynamicObject};
@@ -30,13 +29,12 @@ use serde_json::{json, Value};
 use testenv::dataplane::{self, DataPlane};
 use testenv::fixtures::inference_service;
 
+use infer::{http_client, infer, HttpClient};
+
 const WAIT: Duration = Duration::from_secs(90);
 
 const STEP1: &str = include_str!("../../../testdata/charts/tutorial-step1/values.yaml");
 const STEP2: &str = include_str!("../../../testdata/charts/tutorial-step2/values.yaml");
-
-/// The tutorial's input.json (iter8-tools/docs samples/kserve-serving/input.json).
-const INPUT: &str = r#"{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}]}"#;
 
 /// The tutorial's step 2, released blue-green with weights 30 and 70.
 fn blue_green_30_70() -> String {
@@ -55,43 +53,16 @@ fn blue_green_30_70() -> String {
     out
 }
 
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
-/// The tutorial's request through the ingress (`Host: wisdom.<ns>`, optional headers): the
-/// status and `app-version` of the answer.
-async fn infer(
+/// The tutorial's request through the ingress (`Host: wisdom.<ns>`, `headers`): the status
+/// and `app-version` of the answer.
+async fn answer(
     client: &HttpClient,
     ingress: SocketAddr,
     host: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, Option<String>), String> {
-    let mut req = hyper::Request::post(format!("http://{ingress}/"))
-        .header("Host", host)
-        .header("Content-Type", "application/json");
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    let req = req
-        .body(Full::new(Bytes::from_static(INPUT.as_bytes())))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| format!("{e:?}"))?;
-    let status = resp.status().as_u16();
-    let version = resp
-        .headers()
-        .get("app-version")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    resp.into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((status, version))
+    let a = infer(client, ingress, host, headers).await?;
+    Ok((a.status, a.app_version))
 }
 
 /// Sends requests until one is answered 200 by `version` (Envoy gets new routes from istiod a
@@ -106,7 +77,7 @@ async fn wait_answer(
     let deadline = Instant::now() + WAIT;
     let mut last = Err("no request sent".to_string());
     while Instant::now() < deadline {
-        last = infer(http, dp.ingress(), host, headers).await;
+        last = answer(http, dp.ingress(), host, headers).await;
         if last == Ok((200, Some(version.to_string()))) {
             return;
         }
@@ -165,8 +136,7 @@ async fn explain_predicts_what_envoy_answers_for_canary_and_blue_green() {
     let ns = cp.namespace("explain").await.unwrap();
     let controller = install_controller(cp, &ns, false, &[]).await;
     let kubeconfig = cp.kubeconfig_path();
-    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
+    let http = http_client();
     let host = format!("wisdom.{ns}");
 
     // The tutorial's step 2 (canary), both versions served and ready.
@@ -212,7 +182,7 @@ async fn explain_predicts_what_envoy_answers_for_canary_and_blue_green() {
     for (headers, predicted) in [(&test[..], &with), (&[][..], &without)] {
         let predicted: Vec<&String> = predicted["versions"].as_object().unwrap().keys().collect();
         for _ in 0..20 {
-            let (status, version) = infer(&http, dp.ingress(), &host, headers).await.unwrap();
+            let (status, version) = answer(&http, dp.ingress(), &host, headers).await.unwrap();
             assert_eq!(status, 200);
             assert_eq!(
                 vec![version.as_ref().unwrap()],
@@ -246,7 +216,7 @@ async fn explain_predicts_what_envoy_answers_for_canary_and_blue_green() {
     wait_answer(dp, &http, &host, &[], "wisdom-1").await;
     let mut counts = BTreeMap::<String, u32>::new();
     for _ in 0..400 {
-        let (status, version) = infer(&http, dp.ingress(), &host, &[]).await.unwrap();
+        let (status, version) = answer(&http, dp.ingress(), &host, &[]).await.unwrap();
         assert_eq!(status, 200);
         *counts.entry(version.unwrap_or_default()).or_default() += 1;
     }
