@@ -395,6 +395,15 @@ impl ControlPlane {
         self.dir.path()
     }
 
+    /// The last `n` lines of kube-controller-manager's log ("" when it does not run), for a
+    /// failing test's message.
+    pub fn controller_manager_log_tail(&self, n: usize) -> String {
+        self.controller_manager
+            .as_ref()
+            .map(|p| p.log_tail(n))
+            .unwrap_or_default()
+    }
+
     /// PIDs of the running components, for tests that check nothing is left behind.
     pub fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.etcd.pid(), self.apiserver.pid()];

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::TryStreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
@@ -579,6 +579,53 @@ async fn start_and_annotate(
         .await
         .with_context(|| format!("annotating pod {name} with {MODEL_READY_ANNOTATION}"))?;
     Ok(server)
+}
+
+/// The pods of namespace `ns` (phase, node, IP, model-ready annotation, conditions) and its
+/// Events, one per line: what a failing test that runs pods on kwok prints.
+pub async fn namespace_summary(client: &Client, ns: &str) -> String {
+    let mut out = String::new();
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for pod in pods {
+        let model_ready = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MODEL_READY_ANNOTATION).cloned());
+        let status = pod.status.unwrap_or_default();
+        let conditions: Vec<String> = status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .map(|c| format!("{}={}", c.type_, c.status))
+            .collect();
+        out.push_str(&format!(
+            "pod {}: phase {:?} node {:?} ip {:?} model-ready {model_ready:?} conditions {conditions:?}\n",
+            pod.metadata.name.unwrap_or_default(),
+            status.phase,
+            pod.spec.and_then(|s| s.node_name),
+            status.pod_ip,
+        ));
+    }
+    let events = Api::<Event>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for ev in events {
+        out.push_str(&format!(
+            "event {} {}: {} {}\n",
+            ev.involved_object.kind.unwrap_or_default(),
+            ev.involved_object.name.unwrap_or_default(),
+            ev.reason.unwrap_or_default(),
+            ev.message.unwrap_or_default()
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams};
 use kube::Client;
@@ -57,60 +57,16 @@ impl Env {
     /// Panics with `e`, the end of every component's log and what the namespace holds.
     async fn fail(&mut self, ns: &str, e: anyhow::Error) -> ! {
         let running = [self.kserve.check_running(), self.kwok.check_running()];
-        let cm_log = std::fs::read_to_string(self.cp.dir().join("kube-controller-manager.log"))
-            .unwrap_or_default();
-        let cm_tail: Vec<&str> = cm_log.lines().rev().take(15).collect();
+        let summary = match self.cp.client().await {
+            Ok(client) => testenv::pods::namespace_summary(&client, ns).await,
+            Err(e) => format!("no client: {e:#}"),
+        };
         panic!(
-            "{e:#}\n{running:?}\n{}\n{}\nlast lines of kube-controller-manager.log (newest first):\n{}\n{}",
+            "{e:#}\n{running:?}\n{}\n{}\nlast lines of kube-controller-manager.log:\n{}\n{summary}",
             self.kserve.diagnostics(),
             self.kwok.diagnostics(),
-            cm_tail.join("\n"),
-            self.namespace_summary(ns).await
+            self.cp.controller_manager_log_tail(15),
         )
-    }
-
-    /// The pods (phase, node, IP, conditions) and Events of namespace `ns`.
-    async fn namespace_summary(&self, ns: &str) -> String {
-        let Ok(client) = self.cp.client().await else {
-            return String::new();
-        };
-        let mut out = String::new();
-        let pods = Api::<Pod>::namespaced(client.clone(), ns)
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
-        for pod in pods {
-            let status = pod.status.unwrap_or_default();
-            out.push_str(&format!(
-                "pod {}: phase {:?} node {:?} ip {:?} conditions {:?}\n",
-                pod.metadata.name.unwrap_or_default(),
-                status.phase,
-                pod.spec.and_then(|s| s.node_name),
-                status.pod_ip,
-                status
-                    .conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|c| format!("{}={}", c.type_, c.status))
-                    .collect::<Vec<_>>()
-            ));
-        }
-        let events = Api::<Event>::namespaced(client, ns)
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
-        for ev in events {
-            out.push_str(&format!(
-                "event {} {}: {} {}\n",
-                ev.involved_object.kind.unwrap_or_default(),
-                ev.involved_object.name.unwrap_or_default(),
-                ev.reason.unwrap_or_default(),
-                ev.message.unwrap_or_default()
-            ));
-        }
-        out
     }
 }
 
