@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use testenv::fixtures::{deployment, inference_service, service};
 use testenv::kserve_manager::{KServeManager, RUNTIME};
 use testenv::kwok::{self, Kwok};
-use testenv::{objects, wait_for, ControlPlane, Options};
+use testenv::{kserve, objects, wait_for, ControlPlane, Options};
 
 /// Start-up of pods and controllers on 2 busy cores: generous, never slept.
 const WAIT: Duration = Duration::from_secs(120);
@@ -158,6 +158,75 @@ fn predictor_unavailable(isvc: &Value) -> bool {
         .is_some_and(|c| c["status"] == "False" && c["reason"] == "MinimumReplicasUnavailable")
 }
 
+/// The real status with what legitimately differs from the stand-in's masked: condition times
+/// (kept only as present or not) and the pod-template hash in the ReplicaSet name.
+fn comparable(status: &Value) -> Value {
+    let mut s = status.clone();
+    if let Some(conditions) = s["conditions"].as_array_mut() {
+        for c in conditions {
+            if c.get("lastTransitionTime").is_some() {
+                c["lastTransitionTime"] = json!("<time>");
+            }
+            if let Some(m) = c["message"].as_str() {
+                if let Some(rest) = m.strip_prefix("ReplicaSet \"") {
+                    let (rs, tail) = rest.split_once('"').unwrap_or((rest, ""));
+                    let name = rs.rsplit_once('-').map_or(rs, |(n, _)| n);
+                    c["message"] = json!(format!("ReplicaSet \"{name}-<hash>\"{tail}"));
+                }
+            }
+        }
+    }
+    s
+}
+
+/// Where two JSON values differ, as `path: real != stand-in` lines.
+fn differences(path: &str, real: &Value, stand_in: &Value, out: &mut Vec<String>) {
+    match (real, stand_in) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let (x, y) = (
+                    a.get(k).unwrap_or(&Value::Null),
+                    b.get(k).unwrap_or(&Value::Null),
+                );
+                differences(&format!("{path}.{k}"), x, y, out);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                differences(&format!("{path}[{i}]"), x, y, out);
+            }
+        }
+        _ if real != stand_in => out.push(format!("{path}: {real} != {stand_in}")),
+        _ => {}
+    }
+}
+
+/// Asserts that the stand-in (`testenv::kserve::standard_status`) writes what the real KServe
+/// wrote in `isvc` (in state `state`), field by field but for [`comparable`]'s masks.
+fn assert_stand_in_matches(isvc: &Value, state: kserve::StandardState) {
+    let ns = isvc["metadata"]["namespace"].as_str().unwrap();
+    let name = isvc["metadata"]["name"].as_str().unwrap();
+    let real = &isvc["status"];
+    let generation = real["observedGeneration"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{real:#}"));
+    let times = testenv::objects::Times::fixed("<time>", "<time>");
+    let stand_in = kserve::standard_status(ns, name, state, generation, &times);
+    let mut out = Vec::new();
+    differences(
+        "status",
+        &comparable(real),
+        &comparable(&stand_in),
+        &mut out,
+    );
+    assert!(
+        out.is_empty(),
+        "the stand-in differs from the real KServe ({name}):\n{}\nreal: {real:#}",
+        out.join("\n")
+    );
+}
+
 fn show(what: &str, v: &Value) {
     println!("{what}: {}", serde_json::to_string_pretty(v).unwrap());
 }
@@ -247,6 +316,7 @@ async fn standard_mode_is_ready_only_once_the_pod_is() {
         "wisdom-0 status, its pod Running but not Ready",
         &not_ready["status"],
     );
+    assert_stand_in_matches(&not_ready, kserve::StandardState::NotReady);
 
     // The model answers (here: the test says so); kwok marks the pod Ready, the Deployment
     // becomes Available, and KServe reports the InferenceService Ready.
@@ -263,6 +333,7 @@ async fn standard_mode_is_ready_only_once_the_pod_is() {
         Err(e) => env.fail(&ns, e).await,
     };
     show("wisdom-0 status, its pod Ready", &ready["status"]);
+    assert_stand_in_matches(&ready, kserve::StandardState::Ready);
     show(
         "wisdom-0 annotations and spec (after KServe's defaulter)",
         &json!({"annotations": ready["metadata"]["annotations"], "spec": ready["spec"]}),
@@ -336,6 +407,7 @@ async fn standard_mode_is_ready_only_once_the_pod_is() {
         dep1.data["status"]
     );
     show("wisdom-1 status, its pod never Ready", &never["status"]);
+    assert_stand_in_matches(&never, kserve::StandardState::NotReady);
 
     // A new spec rolls the Deployment: a second pod starts, not Ready; the first keeps
     // serving, and KServe keeps wisdom-0 Ready, its observedGeneration now the Deployment's 2.
@@ -410,6 +482,7 @@ async fn standard_mode_is_ready_only_once_the_pod_is() {
         Err(e) => env.fail(&ns, e).await,
     };
     show("wisdom-0 status, rolled out", &rolled["status"]);
+    assert_stand_in_matches(&rolled, kserve::StandardState::Ready);
 
     env.kserve.check_running().unwrap();
     env.kwok.check_running().unwrap();
