@@ -43,8 +43,8 @@ What each environment is made of, as JSON:
   "kserve-0.10" (merge (dict "predictor" "predictor-default") $kserve)
   "kserve-modelmesh-istio" (dict "workload" "modelmesh" "entry" "service-entry" "routing" "modelmesh" "strategies" $kserveStrategies)
   "kserve-standard" (dict "workload" "isvc" "mode" "Standard" "entry" "istio-ingressgateway" "routing" "kserve-standard" "strategies" (list "none" "blue-green" "canary" "mirror") "predictor" "predictor")
-  "kserve-standard-gtw" (dict "workload" "isvc" "mode" "Standard" "entry" "gamma-parent" "routing" "gateway-api" "strategies" (list "none" "canary") "predictor" "predictor"
-    "note" "KServe names each version's model after its InferenceService, so each version needs its own path rewrite, which a Gateway API rule cannot do per weighted or mirrored backend (environment kserve-standard does blue-green)")
+  "kserve-standard-gtw" (dict "workload" "isvc" "mode" "Standard" "entry" "gamma-parent" "routing" "gateway-api" "strategies" $kserveStrategies "predictor" "predictor"
+    "note" "KServe names each version's model after its InferenceService, so each version needs its own path rewrite, which a Gateway API rule cannot do per mirrored backend (environment kserve-standard does mirror)")
 ) -}}
 {{- end }}
 

@@ -379,6 +379,24 @@ filters:
 {{- end }}
 {{- end }}
 
+{{/*
+The Service of the Gateway `gateway` (kserve-standard-gtw blue-green), as JSON {name, namespace,
+port}: gatewayService ("name" or "namespace/name"), default `<gateway>-istio` (the Service of
+Istio's automated deployment of a Gateway) in the application namespace; port gatewayServicePort,
+default 80. Takes the chart context.
+*/}}
+{{- define "release.gatewayApi.gatewayService" -}}
+{{- $ref := .Values.gatewayService | default (printf "%s-istio" .Values.gateway) -}}
+{{- $namespace := include "release.appNamespace" . -}}
+{{- $name := $ref -}}
+{{- if contains "/" $ref -}}
+  {{- $namespace = first (splitList "/" $ref) -}}
+  {{- $name = last (splitList "/" $ref) -}}
+{{- end -}}
+{{- $port := include "release.port" (dict "value" .Values.gatewayServicePort "field" "gatewayServicePort" "default" 80) -}}
+{{- toJson (dict "name" $name "namespace" $namespace "port" (atoi $port)) -}}
+{{- end }}
+
 {{/* A rule without matches that sends everything to version .v alone. */}}
 {{- define "release.gatewayApi.rule" -}}
 {{- with include "release.gatewayApi.ruleFilters" . }}
@@ -435,6 +453,50 @@ spec:
   {{- else }}
   - {{ include "release.gatewayApi.rule" (merge (dict "v" $primary) $) | nindent 4 | trim }}
   {{- end }}
+{{- else if eq .env.workload "isvc" }}
+  {{- /*
+  blue-green on KServe (kserve-standard-gtw): the path rewrite differs per version, and a
+  weighted backendRef can carry only header modifiers (Istio: any other backendRef filter is
+  unsupported). So, as kserve-standard does with its VirtualService, the weighted rule only
+  picks a version, recording it in the `branch` request header, and sends the request back
+  through the Service of the Gateway `gateway` (gatewayService), where the version's own rule
+  (matched on `branch`) rewrites the path, drops the header and sends it to the predictor.
+  */}}
+  {{- $gw := include "release.gatewayApi.gatewayService" $root | fromJson }}
+  {{- range $v := .versions }}
+  {{ include "release.tmpl.ifReady" $v.index }}
+  - matches:
+    - headers:
+      - name: branch
+        value: {{ $v.isvc.name }}
+    {{- include "release.gatewayApi.ruleFilters" (merge (dict "v" $v) $) | nindent 4 }}
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        remove:
+        - branch
+    backendRefs:
+    {{- include "release.gatewayApi.backend" (merge (dict "v" $v) $) | nindent 4 }}
+  {{ include "release.tmpl.end" . }}
+  {{- end }}
+  - backendRefs:
+    {{- range $v := .versions }}
+    {{ include "release.tmpl.ifReady" $v.index }}
+    - group: ""
+      kind: Service
+      name: {{ $gw.name }}
+      {{- if ne $gw.namespace (include "release.appNamespace" $root) }}
+      namespace: {{ $gw.namespace }}
+      {{- end }}
+      port: {{ $gw.port }}
+      weight: {{ include "release.tmpl.weight" $v.index }}
+      filters:
+      - type: RequestHeaderModifier
+        requestHeaderModifier:
+          set:
+          - name: branch
+            value: {{ $v.isvc.name }}
+    {{ include "release.tmpl.end" . }}
+    {{- end }}
 {{- else }}
   {{- /* blue-green: one rule, weighted over the ready versions */}}
   - backendRefs:

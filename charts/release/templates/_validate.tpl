@@ -27,6 +27,14 @@ so no template runs on values that would make it fail obscurely.
   {{- if eq $strategy "mirror" }}{{ $through = "mirrored copies pass through it so that the candidate's route can rewrite the path to its own model" }}{{ end -}}
   {{- fail (printf "gateway is required for environment %s with strategy %s: the Istio Gateway (namespace/name) of istio-ingressgateway, which must accept the host %s.%s; %s" .Values.environment $strategy (include "release.appName" .) (include "release.appNamespace" .) $through) -}}
 {{- end -}}
+{{- if and (eq $env.routing "gateway-api") (eq $env.workload "isvc") (eq $strategy "blue-green") (not .Values.gateway) -}}
+  {{- fail (printf "gateway is required for environment %s with strategy blue-green: the Gateway (in namespace %s) the HTTPRoute attaches to, which must accept the host %s.%s; the weighted rule sends each request back through its Service (gatewayService, default <gateway>-istio) so that each version's rule can rewrite the path to its own model" .Values.environment (include "release.appNamespace" .) (include "release.appName" .) (include "release.appNamespace" .)) -}}
+{{- end -}}
+{{- with .Values.gatewayService -}}
+  {{- if not (regexMatch "^([a-z0-9]([-a-z0-9]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$" (toString .)) -}}
+    {{- fail (printf "gatewayService %q must be the name of a Service (name, or namespace/name): the Service of the Gateway `gateway`" (toString .)) -}}
+  {{- end -}}
+{{- end -}}
 {{- $versions := .Values.application.versions | default list -}}
 {{- if not $versions -}}
   {{- fail "application.versions must list at least one version" -}}

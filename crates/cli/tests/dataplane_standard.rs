@@ -27,7 +27,10 @@
 //! weighted route and the mirrored copies pass through the ingress gateway, whose per-version
 //! routes rewrite the path to each version's model; it counts the answers per version and the
 //! copies the candidate's model server answered (its MLServer metrics), and checks that the
-//! primary answered each client request exactly once.
+//! primary answered each client request exactly once. A third splits 80/20 through a Gateway
+//! API Gateway (`environment: kserve-standard-gtw`): `DataPlane::serve_gateway` plays Istio's
+//! automated deployment (a Gateway, an Envoy with its label, the Service `<gateway>-istio`),
+//! and the HTTPRoute's weighted rule sends each request back through that Service.
 //!
 //! Each test runs in a network namespace of its own (`testenv::netns::isolate`, pod IPs local there) with
 //! its own control plane and data plane: about 2 GB resident at its peak (sum of RSS, two or
@@ -45,6 +48,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod e2e;
+mod infer;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -52,14 +56,11 @@ use std::time::{Duration, Instant};
 
 use e2e::*;
 use futures::TryStreamExt;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::ApiResource;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
-use serde_json::Value;
 use testenv::dataplane::DataPlane;
 use testenv::fixtures::{api_resource, deployment};
 use testenv::kserve_manager::KServeManager;
@@ -67,15 +68,14 @@ use testenv::kwok::{self, Kwok};
 use testenv::pods::{PodWatcher, FAILING_STORAGE_URI, ISVC_LABEL, MODEL_READY_ANNOTATION};
 use testenv::{netns, ControlPlane, Options};
 
+use infer::{http_client, infer, traffic, Answer, HttpClient};
+
 /// The tutorial's step 1 in Standard mode (a golden case of the release chart).
 const STEP1: &str = include_str!("../../../testdata/charts/kserve-standard-step1/values.yaml");
 /// The tutorial's step 2 in Standard mode (a golden case).
 const STEP2: &str = include_str!("../../../testdata/charts/kserve-standard-step2/values.yaml");
 /// The tutorial's step 3 in Standard mode (a golden case).
 const STEP3: &str = include_str!("../../../testdata/charts/kserve-standard-step3/values.yaml");
-
-/// The tutorial's input.json (iter8-tools/docs samples/kserve-serving/input.json).
-const INPUT: &str = r#"{"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}]}"#;
 
 /// The Istio Gateway the data plane's ingress Envoy serves (`testenv::dataplane`).
 const INGRESS_GATEWAY: &str = "knative-serving/knative-ingress-gateway";
@@ -198,70 +198,6 @@ impl Drop for History {
     }
 }
 
-type HttpClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
-
-/// What a client sees of one answer.
-#[derive(Debug, Clone)]
-struct Answer {
-    status: u16,
-    app_version: Option<String>,
-    body: Value,
-}
-
-impl Answer {
-    fn model_name(&self) -> Option<&str> {
-        self.body["model_name"].as_str()
-    }
-    fn model_version(&self) -> Option<&str> {
-        self.body["model_version"].as_str()
-    }
-}
-
-/// The tutorial's request from outside the cluster: POST input.json to the ingress gateway
-/// with `Host: wisdom.<ns>` and, for the candidate, `traffic: test`.
-async fn infer(
-    client: &HttpClient,
-    ingress: SocketAddr,
-    host: &str,
-    test: bool,
-) -> Result<Answer, String> {
-    let mut req = hyper::Request::post(format!("http://{ingress}/"))
-        .header("Host", host)
-        .header("Content-Type", "application/json");
-    if test {
-        req = req.header("traffic", "test");
-    }
-    let req = req
-        .body(Full::new(Bytes::from_static(INPUT.as_bytes())))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| format!("{e:?}"))?;
-    let status = resp.status().as_u16();
-    let app_version = resp
-        .headers()
-        .get("app-version")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-    Ok(Answer {
-        status,
-        app_version,
-        body,
-    })
-}
-
 /// Everything the test starts; dropped in field order.
 struct Env {
     pods: PodWatcher,
@@ -277,15 +213,15 @@ struct Env {
 impl Env {
     /// Panics with `what`, the end of every component's log and what the namespace holds.
     async fn fail(&self, what: &str) -> ! {
-        let cm_log = std::fs::read_to_string(self.cp.dir().join("kube-controller-manager.log"))
-            .unwrap_or_default();
-        let cm_tail: Vec<&str> = cm_log.lines().rev().take(15).collect();
+        let summary = match self.cp.client().await {
+            Ok(client) => testenv::pods::namespace_summary(&client, &self.ns).await,
+            Err(e) => format!("no client: {e:#}"),
+        };
         panic!(
-            "{what}\n{}\n{}\nlast lines of kube-controller-manager.log (newest first):\n{}\n{}\ningress routes: {}\n{}",
+            "{what}\n{}\n{}\nlast lines of kube-controller-manager.log:\n{}\n{summary}\ningress routes: {}\n{}",
             self.kserve.diagnostics(),
             self.kwok.diagnostics(),
-            cm_tail.join("\n"),
-            self.namespace_summary().await,
+            self.cp.controller_manager_log_tail(15),
             self.dp.ingress_config_dump(),
             self.dp.diagnostics(),
         )
@@ -297,54 +233,6 @@ impl Env {
             Ok(v) => v,
             Err(e) => self.fail(&format!("{e:#}")).await,
         }
-    }
-
-    /// The pods (phase, IP, conditions, model-ready) and Events of the test's namespace.
-    async fn namespace_summary(&self) -> String {
-        let Ok(client) = self.cp.client().await else {
-            return String::new();
-        };
-        let mut out = String::new();
-        let pods = Api::<Pod>::namespaced(client.clone(), &self.ns)
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
-        for pod in pods {
-            let model_ready = pod
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(MODEL_READY_ANNOTATION).cloned());
-            let status = pod.status.unwrap_or_default();
-            out.push_str(&format!(
-                "pod {}: phase {:?} ip {:?} model-ready {model_ready:?} conditions {:?}\n",
-                pod.metadata.name.unwrap_or_default(),
-                status.phase,
-                status.pod_ip,
-                status
-                    .conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|c| format!("{}={}", c.type_, c.status))
-                    .collect::<Vec<_>>()
-            ));
-        }
-        let events = Api::<Event>::namespaced(client, &self.ns)
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default();
-        for ev in events {
-            out.push_str(&format!(
-                "event {} {}: {} {}\n",
-                ev.involved_object.kind.unwrap_or_default(),
-                ev.involved_object.name.unwrap_or_default(),
-                ev.reason.unwrap_or_default(),
-                ev.message.unwrap_or_default()
-            ));
-        }
-        out
     }
 
     /// Checks that KServe, kwok and the data plane still run, then stops the pods' servers.
@@ -394,12 +282,30 @@ impl Env {
         }
     }
 
+    /// The tutorial's request through the ingress gateway (with `traffic: test` if `test`).
+    async fn send(&self, test: bool) -> Result<Answer, String> {
+        infer(&self.http, self.dp.ingress(), &self.host, traffic(test)).await
+    }
+
     /// Sends the tutorial's request until an answer satisfies `ok`; returns it.
     async fn wait_answer(&self, test: bool, what: &str, ok: impl Fn(&Answer) -> bool) -> Answer {
+        self.wait_answer_at(self.dp.ingress(), traffic(test), what, ok)
+            .await
+    }
+
+    /// Sends the tutorial's request to `gateway` with `headers` until an answer satisfies
+    /// `ok`; returns it.
+    async fn wait_answer_at(
+        &self,
+        gateway: SocketAddr,
+        headers: &[(&str, &str)],
+        what: &str,
+        ok: impl Fn(&Answer) -> bool,
+    ) -> Answer {
         let deadline = Instant::now() + WAIT;
         let mut last = Err("no request sent".to_string());
         while Instant::now() < deadline {
-            last = infer(&self.http, self.dp.ingress(), &self.host, test).await;
+            last = infer(&self.http, gateway, &self.host, headers).await;
             if let Ok(a) = &last {
                 if ok(a) {
                     return a.clone();
@@ -408,9 +314,30 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.fail(&format!(
-            "timed out after {WAIT:?} waiting for {what}; last answer {last:?}"
+            "timed out after {WAIT:?} waiting for {what} at {gateway}; last answer {last:?}"
         ))
         .await
+    }
+
+    /// Sends `n` requests without a header to `gateway`, each of which must be a 200 whose
+    /// `app-version` names the model that answered, wisdom-0 or wisdom-1; returns how many
+    /// wisdom-1 answered.
+    async fn split(&self, gateway: SocketAddr, n: usize) -> usize {
+        let mut to_candidate = 0;
+        for _ in 0..n {
+            let a = infer(&self.http, gateway, &self.host, &[]).await;
+            let version = a
+                .as_ref()
+                .ok()
+                .filter(|a| a.status == 200 && a.model_name() == a.app_version.as_deref())
+                .and_then(|a| a.app_version.clone());
+            match version.as_deref() {
+                Some("wisdom-0") => {}
+                Some("wisdom-1") => to_candidate += 1,
+                _ => self.fail(&format!("split through {gateway}: {a:?}")).await,
+            }
+        }
+        to_candidate
     }
 
     /// Sends `n` requests (with `traffic: test` if `test`) and asserts each is a 200 from
@@ -418,7 +345,7 @@ impl Env {
     /// `variant`.
     async fn assert_answers(&self, test: bool, n: usize, version: &str, variant: &str) {
         for _ in 0..n {
-            let a = infer(&self.http, self.dp.ingress(), &self.host, test).await;
+            let a = self.send(test).await;
             let good = a.as_ref().is_ok_and(|a| {
                 a.status == 200
                     && a.app_version.as_deref() == Some(version)
@@ -469,8 +396,7 @@ async fn start(ns_prefix: &str) -> (Env, Iter8, Client) {
         kserve,
         kwok,
         cp,
-        http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http(),
+        http: http_client(),
         host: format!("wisdom.{ns}"),
         ns: ns.clone(),
     };
@@ -587,7 +513,7 @@ async fn tutorial_in_standard_mode_with_the_real_kserve() {
     let counting = Instant::now();
     let deadline = counting + WAIT;
     while while_failing < 20 || counting.elapsed() < Duration::from_secs(3) {
-        let a = infer(&env.http, env.dp.ingress(), &env.host, true).await;
+        let a = env.send(true).await;
         let good = a.as_ref().is_ok_and(|a| {
             a.status == 200
                 && a.app_version.as_deref() == Some("wisdom-0")
@@ -634,7 +560,7 @@ async fn tutorial_in_standard_mode_with_the_real_kserve() {
     let mut before_ready = 0;
     let deadline = Instant::now() + WAIT;
     loop {
-        let a = infer(&env.http, env.dp.ingress(), &env.host, true).await;
+        let a = env.send(true).await;
         let now = testenv::objects::get(&client, &isvc, ns, "wisdom-1")
             .await
             .unwrap();
@@ -902,21 +828,7 @@ async fn blue_green_and_mirror_in_standard_mode_with_the_real_kserve() {
         .await;
     }
     let n = 300;
-    let mut to_candidate = 0;
-    for _ in 0..n {
-        let a = infer(&env.http, env.dp.ingress(), &env.host, false).await;
-        // Each answer comes from the model of the version that says it answered.
-        let version = a
-            .as_ref()
-            .ok()
-            .filter(|a| a.status == 200 && a.model_name() == a.app_version.as_deref())
-            .and_then(|a| a.app_version.clone());
-        match version.as_deref() {
-            Some("wisdom-0") => {}
-            Some("wisdom-1") => to_candidate += 1,
-            _ => env.fail(&format!("blue-green: {a:?}")).await,
-        }
-    }
+    let to_candidate = env.split(env.dp.ingress(), n).await;
     // 20% of 300 is 60 (standard deviation 6.9).
     eprintln!("blue-green 80/20: wisdom-1 answered {to_candidate} of {n}");
     assert!(
@@ -942,7 +854,7 @@ async fn blue_green_and_mirror_in_standard_mode_with_the_real_kserve() {
     let r = testenv::wait_for("a mirrored copy to reach wisdom-1", WAIT, || async {
         let before = inferences(&client, ns, "wisdom-1").await?.1;
         for _ in 0..10 {
-            let a = infer(&env.http, env.dp.ingress(), &env.host, false).await;
+            let a = env.send(false).await;
             a.ok().filter(|a| a.status == 200)?;
         }
         let after = inferences(&client, ns, "wisdom-1").await?.1;
@@ -958,7 +870,7 @@ async fn blue_green_and_mirror_in_standard_mode_with_the_real_kserve() {
         .expect("wisdom-0's counter");
     let n = 300_u32;
     for _ in 0..n {
-        let a = infer(&env.http, env.dp.ingress(), &env.host, false).await;
+        let a = env.send(false).await;
         let good = a.as_ref().is_ok_and(|a| {
             a.status == 200
                 && a.app_version.as_deref() == Some("wisdom-0")
@@ -1009,6 +921,172 @@ async fn blue_green_and_mirror_in_standard_mode_with_the_real_kserve() {
         ],
     )
     .await;
+    iter8.assert_clean_log();
+    env.stop().await;
+    eprintln!("done after {:?}", started.elapsed());
+}
+
+/// Blue-green in Standard mode through a Gateway API HTTPRoute (a golden case: wisdom-0 80,
+/// wisdom-1 20, `gateway: wisdom-gateway`).
+const GTW_BLUE_GREEN: &str =
+    include_str!("../../../testdata/charts/kserve-standard-gtw-blue-green/values.yaml");
+/// The Gateway API Gateway of [`GTW_BLUE_GREEN`], in the test's namespace.
+const GTW: &str = "wisdom-gateway";
+
+/// The HTTPRoute's rules, each as its `branch` match value, or `split` for the rule without
+/// matches.
+fn rule_branches(route: &DynamicObject) -> Vec<String> {
+    route.data["spec"]["rules"]
+        .as_array()
+        .map(|rules| {
+            rules
+                .iter()
+                .map(|r| {
+                    r["matches"][0]["headers"][0]["value"]
+                        .as_str()
+                        .unwrap_or("split")
+                        .to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Blue-green in Standard mode with the real KServe through a Gateway API Gateway (environment
+/// `kserve-standard-gtw`): istiod turns our controller's HTTPRoute into the Gateway's Envoy's
+/// routes; the weighted rule marks each request with `branch: <version>` and sends it back
+/// through the Gateway's Service (`<gateway>-istio`, as Istio's automated deployment names it),
+/// where the version's own rule rewrites the path to its model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_through_a_gateway_api_route_in_standard_mode_with_the_real_kserve() {
+    if !netns::isolate(
+        "blue_green_through_a_gateway_api_route_in_standard_mode_with_the_real_kserve",
+    ) {
+        return;
+    }
+    let started = Instant::now();
+    let (env, iter8, client) = start("gtw").await;
+    let ns = env.ns.clone();
+    let ns = ns.as_str();
+    let (isvc, route) = (isvc_ar(), httproute_ar());
+    // The Gateway and its Envoy (Service wisdom-gateway-istio), as Istio would deploy them.
+    let r = env.dp.serve_gateway(ns, GTW).await;
+    let gw = env.ok(r).await;
+    eprintln!("everything up after {:?}", started.elapsed());
+
+    // Both versions Ready (KServe says so); the controller writes the weighted HTTPRoute.
+    assert!(GTW_BLUE_GREEN.contains(&format!("gateway: {GTW}\n")));
+    helm_release(&env.cp, ns, "wisdom", GTW_BLUE_GREEN);
+    for name in ["wisdom-0", "wisdom-1"] {
+        env.wait_obj(
+            &client,
+            &isvc,
+            name,
+            &format!("KServe to report {name} Ready"),
+            |o| condition_true(o, "Ready"),
+        )
+        .await;
+    }
+    let written = env
+        .wait_obj(&client, &route, "wisdom", "the weighted HTTPRoute", |o| {
+            rule_branches(o) == ["wisdom-0", "wisdom-1", "split"]
+        })
+        .await;
+    let split = &written.data["spec"]["rules"][2]["backendRefs"];
+    let weights: Vec<(&str, &str, i64)> = split
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap(),
+                b["filters"][0]["requestHeaderModifier"]["set"][0]["value"]
+                    .as_str()
+                    .unwrap(),
+                b["weight"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("wisdom-gateway-istio", "wisdom-0", 80),
+            ("wisdom-gateway-istio", "wisdom-1", 20)
+        ],
+        "{written:?}"
+    );
+
+    // Both versions answer through the Gateway.
+    for version in ["wisdom-0", "wisdom-1"] {
+        let what = format!("{version} to answer through Gateway {ns}/{GTW}");
+        env.wait_answer_at(gw, &[], &what, |a| {
+            a.status == 200 && a.app_version.as_deref() == Some(version)
+        })
+        .await;
+    }
+    eprintln!("both versions answer after {:?}", started.elapsed());
+    // Istio accepted the route on the Gateway with every reference and filter resolved (a
+    // backendRef filter it does not support would make ResolvedRefs False), and the Gateway's
+    // Envoy splits by weight to the Gateway's own Service.
+    let parent_ok = |o: &DynamicObject| {
+        o.data["status"]["parents"].as_array().is_some_and(|ps| {
+            ps.iter().any(|p| {
+                p["parentRef"]["name"] == GTW
+                    && ["Accepted", "ResolvedRefs"].iter().all(|t| {
+                        p["conditions"].as_array().is_some_and(|cs| {
+                            cs.iter().any(|c| c["type"] == *t && c["status"] == "True")
+                        })
+                    })
+            })
+        })
+    };
+    env.wait_obj(
+        &client,
+        &route,
+        "wisdom",
+        "Istio to accept the HTTPRoute on the Gateway",
+        parent_ok,
+    )
+    .await;
+    let dump = env.dp.gateway_config_dump(ns, GTW);
+    let back = format!("outbound|80||wisdom-gateway-istio.{ns}.svc.cluster.local");
+    assert!(
+        dump.contains("weighted_clusters") && dump.contains(&back),
+        "the Gateway's routes split to {back}: {dump}"
+    );
+
+    // 80/20, each answer from the model of the version that says it answered.
+    let n = 300;
+    let to_candidate = env.split(gw, n).await;
+    // 20% of 300 is 60 (standard deviation 6.9).
+    eprintln!("blue-green 80/20 through the Gateway: wisdom-1 answered {to_candidate} of {n}");
+    assert!(
+        (35..=85).contains(&to_candidate),
+        "wisdom-1 answered {to_candidate} of {n} requests, want about 20%"
+    );
+    if let Err(e) = env.dp.check_healthy() {
+        env.fail(&format!("{e:#}")).await;
+    }
+
+    // `helm delete` leaves nothing of the release (the Gateway is not the release's).
+    helm(&env.cp, ns, &["delete", "wisdom"], None);
+    env.wait_gone(
+        &client,
+        &[
+            (route.clone(), "wisdom"),
+            (isvc.clone(), "wisdom-0"),
+            (isvc.clone(), "wisdom-1"),
+            (svc_ar(), "wisdom"),
+            (cm_ar(), "wisdom-routemap"),
+        ],
+    )
+    .await;
+    assert!(names(&client, &route, ns).await.is_empty());
+    assert!(names(&client, &isvc, ns).await.is_empty());
+    assert!(!names(&client, &cm_ar(), ns)
+        .await
+        .iter()
+        .any(|n| n.starts_with("wisdom")));
     iter8.assert_clean_log();
     env.stop().await;
     eprintln!("done after {:?}", started.elapsed());

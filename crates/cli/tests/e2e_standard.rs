@@ -355,10 +355,13 @@ fn standard_routing_templates_render_like_the_controller() {
             }
             for (host, version) in &dests {
                 // Straight to the predictor Service, or (blue-green) through the Istio
-                // ingress gateway, whose per-version routes then reach the predictors.
+                // ingress gateway (kserve-standard) or the Gateway's Service
+                // (kserve-standard-gtw), whose per-version routes then reach the predictors.
                 assert!(
                     host.starts_with(&format!("{version}-predictor"))
-                        || host == "istio-ingressgateway.istio-system.svc.cluster.local",
+                        || host == "istio-ingressgateway.istio-system.svc.cluster.local"
+                        || ["wisdom-gateway-istio", "wisdom-gateway-proxy"]
+                            .contains(&host.as_str()),
                     "{case}: destination {host} for version {version:?}"
                 );
                 assert!(!host.contains("knative"), "{case}: {host}");

@@ -11,6 +11,9 @@
 //!   (tests send their requests to [`DataPlane::ingress`]);
 //! - a second Envoy standing in for `knative-local-gateway` (Service + WorkloadEntry in
 //!   `istio-system`, Gateway `knative-serving/knative-local-gateway`);
+//! - on demand ([`DataPlane::serve_gateway`]), an Envoy per Gateway API `Gateway`, as Istio's
+//!   automated deployment makes one (istiod's Gateway API support is on, its deployment
+//!   controller off);
 //! - per InferenceService revision, one MLServer whose model is named after the
 //!   InferenceService (see [`DataPlane::serve_inference_service`]), which fails or slows down
 //!   a share of its inference requests when the InferenceService's annotations
@@ -218,10 +221,13 @@ pub struct DataPlane {
     /// whether or not Prometheus runs.
     scrape: Arc<ScrapeTargets>,
     models: Mutex<BTreeMap<(String, String), ModelServer>>,
+    /// The Envoys of Gateway API Gateways ([`DataPlane::serve_gateway`]), by `ns/name`.
+    gateways: std::sync::Mutex<BTreeMap<String, Envoy>>,
     envoys: Vec<std::sync::Mutex<Envoy>>,
     istiod: std::sync::Mutex<Process>,
     ingress: SocketAddr,
     local_gateway: SocketAddr,
+    istiod_grpc: u16,
     istiod_http: u16,
     revisions: AtomicU32,
     kubeconfig: String,
@@ -254,6 +260,15 @@ fn workload_entry() -> ApiResource {
 fn gateway() -> ApiResource {
     api_resource("networking.istio.io", "v1", "Gateway", "gateways")
 }
+
+/// The Gateway API's Gateway (gateway.networking.k8s.io/v1).
+pub fn gateway_api_gateway() -> ApiResource {
+    api_resource("gateway.networking.k8s.io", "v1", "Gateway", "gateways")
+}
+
+/// Label Istio's deployment controller puts on a Gateway API Gateway's pods, and their
+/// Service selects.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// Server-side applies `obj` (with apiVersion and kind) into its namespace, as the harness.
 pub async fn apply(client: &Client, ar: &ApiResource, ns: Option<&str>, obj: &Value) -> Result<()> {
@@ -337,7 +352,9 @@ impl DataPlane {
             ("VALIDATION_WEBHOOK_CONFIG_NAME", ""),
             ("INJECTION_WEBHOOK_CONFIG_NAME", ""),
             ("XDS_AUTH", "false"),
-            ("PILOT_ENABLE_GATEWAY_API", "false"),
+            // Gateway API on (HTTPRoutes of Gateways, [`DataPlane::serve_gateway`]); its
+            // deployment controller off: the harness plays it, with an Envoy per Gateway.
+            ("PILOT_ENABLE_GATEWAY_API", "true"),
             ("PILOT_ENABLE_GATEWAY_API_DEPLOYMENT_CONTROLLER", "false"),
             ("KUBECONFIG", ""),
         ];
@@ -395,7 +412,10 @@ impl DataPlane {
             &client,
             "istio-system",
             "istio-ingressgateway",
-            &BTreeMap::from([(INGRESS_SELECTOR.0.to_string(), INGRESS_SELECTOR.1.to_string())]),
+            &BTreeMap::from([(
+                INGRESS_SELECTOR.0.to_string(),
+                INGRESS_SELECTOR.1.to_string(),
+            )]),
             80,
             Ipv4Addr::LOCALHOST,
             ingress_port,
@@ -406,10 +426,12 @@ impl DataPlane {
             prometheus: tokio::sync::OnceCell::new(),
             scrape,
             models: Mutex::new(BTreeMap::new()),
+            gateways: std::sync::Mutex::new(BTreeMap::new()),
             envoys: Vec::new(),
             istiod: std::sync::Mutex::new(istiod),
             ingress: SocketAddr::from(([127, 0, 0, 1], ingress_port)),
             local_gateway: SocketAddr::from((local_ip, local_port)),
+            istiod_grpc: grpc,
             istiod_http: http,
             revisions: AtomicU32::new(0),
             kubeconfig: cp.kubeconfig().to_string(),
@@ -419,6 +441,7 @@ impl DataPlane {
         };
         let ingress = dp.start_envoy(
             "istio-ingressgateway",
+            "istio-system",
             Ipv4Addr::LOCALHOST,
             INGRESS_SELECTOR,
             grpc,
@@ -426,6 +449,7 @@ impl DataPlane {
         dp.envoys.push(std::sync::Mutex::new(ingress));
         let local = dp.start_envoy(
             "knative-local-gateway",
+            "istio-system",
             local_ip,
             LOCAL_GATEWAY_SELECTOR,
             grpc,
@@ -472,6 +496,7 @@ impl DataPlane {
     fn start_envoy(
         &self,
         name: &str,
+        ns: &str,
         ip: Ipv4Addr,
         (label, value): (&str, &str),
         grpc: u16,
@@ -482,12 +507,12 @@ impl DataPlane {
         // Gateway selector matches) and ADS over plaintext gRPC to istiod.
         let bootstrap = json!({
             "node": {
-                "id": format!("router~{ip}~{name}.istio-system~istio-system.svc.cluster.local"),
-                "cluster": format!("{name}.istio-system"),
+                "id": format!("router~{ip}~{name}.{ns}~{ns}.svc.cluster.local"),
+                "cluster": format!("{name}.{ns}"),
                 "metadata": {
                     "ISTIO_VERSION": version("ISTIO_BUILD_VERSION"),
                     "CLUSTER_ID": CLUSTER_ID,
-                    "NAMESPACE": "istio-system",
+                    "NAMESPACE": ns,
                     "INSTANCE_IPS": ip.to_string(),
                     "NAME": name,
                     "WORKLOAD_NAME": name,
@@ -539,7 +564,13 @@ impl DataPlane {
                 }]}]}
             }]}
         });
-        let file = self.dir.path().join(format!("{name}-bootstrap.json"));
+        // The gateways of istio-system keep their plain names (log and bootstrap files).
+        let id = if ns == "istio-system" {
+            name.to_string()
+        } else {
+            format!("{name}.{ns}")
+        };
+        let file = self.dir.path().join(format!("{id}-bootstrap.json"));
         std::fs::write(&file, serde_json::to_vec_pretty(&bootstrap)?)?;
         let args: Vec<String> = vec![
             "-c".into(),
@@ -552,9 +583,9 @@ impl DataPlane {
             "--drain-time-s".into(),
             "1".into(),
         ];
-        let process = Process::start(name, &self.tools.envoy, &args, self.dir.path())?;
+        let process = Process::start(&id, &self.tools.envoy, &args, self.dir.path())?;
         Ok(Envoy {
-            name: name.to_string(),
+            name: id,
             admin,
             process,
         })
@@ -608,25 +639,15 @@ impl DataPlane {
             .map_err(|_| anyhow!("poisoned"))?
             .check_running()?;
         for e in &self.envoys {
-            let mut e = e.lock().map_err(|_| anyhow!("poisoned"))?;
-            e.process.check_running()?;
-            let addr = SocketAddr::from(([127, 0, 0, 1], e.admin));
-            let stats = http::get(addr, "admin", "/stats?filter=update_rejected")
-                .ok_or_else(|| anyhow!("Envoy {} admin /stats does not answer", e.name))?
-                .body;
-            let rejected: Vec<&str> = stats
-                .lines()
-                .filter(|l| l.contains("update_rejected") && !l.trim_end().ends_with(": 0"))
-                .collect();
-            if !rejected.is_empty() {
-                bail!(
-                    "Envoy {} rejected configuration from istiod: {}; last lines of {}:\n{}",
-                    e.name,
-                    rejected.join(", "),
-                    e.process.log_path().display(),
-                    e.process.log_tail(20)
-                );
-            }
+            check_envoy(&mut *e.lock().map_err(|_| anyhow!("poisoned"))?)?;
+        }
+        for e in self
+            .gateways
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .values_mut()
+        {
+            check_envoy(e)?;
         }
         Ok(())
     }
@@ -645,14 +666,22 @@ impl DataPlane {
         if let Some(r) = http::get(addr, "istiod", "/debug/syncz") {
             out.push_str(&format!("\n--- istiod /debug/syncz:\n{}", r.body));
         }
+        let tail = |e: &Envoy| {
+            format!(
+                "\n--- {} ({}):\n{}",
+                e.name,
+                e.process.log_path().display(),
+                e.process.log_tail(20)
+            )
+        };
         for e in &self.envoys {
             if let Ok(e) = e.lock() {
-                out.push_str(&format!(
-                    "\n--- {} ({}):\n{}",
-                    e.name,
-                    e.process.log_path().display(),
-                    e.process.log_tail(20)
-                ));
+                out.push_str(&tail(&e));
+            }
+        }
+        if let Ok(gateways) = self.gateways.lock() {
+            for e in gateways.values() {
+                out.push_str(&tail(e));
             }
         }
         out
@@ -685,6 +714,98 @@ impl DataPlane {
         http::get(addr, "admin", "/config_dump?resource=dynamic_route_configs")
             .map(|r| r.body)
             .unwrap_or_default()
+    }
+
+    /// The current route configuration of the Envoy of Gateway API Gateway `ns/gateway`
+    /// ([`DataPlane::serve_gateway`]; for failure messages).
+    pub fn gateway_config_dump(&self, ns: &str, gateway: &str) -> String {
+        let admin = match self.gateways.lock() {
+            Ok(g) => g.get(&format!("{ns}/{gateway}")).map(|e| e.admin),
+            Err(_) => None,
+        };
+        admin
+            .and_then(|admin| {
+                let addr = SocketAddr::from(([127, 0, 0, 1], admin));
+                http::get(addr, "admin", "/config_dump?resource=dynamic_route_configs")
+            })
+            .map(|r| r.body)
+            .unwrap_or_default()
+    }
+
+    /// Plays Istio's gateway deployment controller (off in istiod here) for a Gateway API
+    /// Gateway: writes Gateway `ns/gateway` (class `istio`, no addresses, so Istio binds it
+    /// to the Service of its automated deployment, `<gateway>-istio`; one HTTP listener on
+    /// port 80 for routes of its namespace) and makes that deployment: an Envoy in `ns` with
+    /// the label `gateway.networking.k8s.io/gateway-name: <gateway>` at a loopback address of
+    /// its own, registered as Service `ns/<gateway>-istio` port 80 (named `http`; Istio's
+    /// Services are `LoadBalancer`, this one needs no more than a cluster IP). Returns where
+    /// that Envoy listens once it serves the listener (its routes may come a moment later).
+    pub async fn serve_gateway(&self, ns: &str, gateway: &str) -> Result<SocketAddr> {
+        let client = self.client().await?;
+        let name = format!("{gateway}-istio");
+        let ip = next_ip()?;
+        let port = free_port()?;
+        let labels = BTreeMap::from([(GATEWAY_NAME_LABEL.to_string(), gateway.to_string())]);
+        register_backend(&client, ns, &name, &labels, 80, ip, port).await?;
+        apply(
+            &client,
+            &gateway_api_gateway(),
+            Some(ns),
+            &json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": gateway, "namespace": ns},
+            "spec": {"gatewayClassName": "istio", "listeners": [{
+                "name": "http", "port": 80, "protocol": "HTTP",
+                "allowedRoutes": {"namespaces": {"from": "Same"}}}]}}),
+        )
+        .await?;
+        let mut envoy = self.start_envoy(
+            &name,
+            ns,
+            ip,
+            (GATEWAY_NAME_LABEL, gateway),
+            self.istiod_grpc,
+        )?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        let admin = SocketAddr::from(([127, 0, 0, 1], envoy.admin));
+        while !http::get(admin, "admin", "/ready")
+            .is_some_and(|r| r.status == 200 && r.body.trim() == "LIVE")
+        {
+            envoy.process.check_running()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "Envoy {} not LIVE after {START_TIMEOUT:?}; {}",
+                    envoy.name,
+                    self.diagnostics()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let addr = SocketAddr::from((ip, port));
+        let r = crate::wait_for(
+            &format!("the listener of Gateway {ns}/{gateway} on {addr}"),
+            START_TIMEOUT,
+            || async move {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                    .ok()
+                    .map(drop)
+            },
+        )
+        .await;
+        if let Err(e) = r {
+            bail!(
+                "{e}; last lines of {}:\n{}\n{}",
+                envoy.process.log_path().display(),
+                envoy.process.log_tail(20),
+                self.diagnostics()
+            );
+        }
+        check_envoy(&mut envoy)?;
+        self.gateways
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .insert(format!("{ns}/{gateway}"), envoy);
+        Ok(addr)
     }
 
     async fn client(&self) -> Result<Client> {
@@ -1015,6 +1136,29 @@ impl DataPlane {
             http,
         ))
     }
+}
+
+/// Fails if the Envoy has exited or rejected an xDS update (see [`DataPlane::check_healthy`]).
+fn check_envoy(e: &mut Envoy) -> Result<()> {
+    e.process.check_running()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], e.admin));
+    let stats = http::get(addr, "admin", "/stats?filter=update_rejected")
+        .ok_or_else(|| anyhow!("Envoy {} admin /stats does not answer", e.name))?
+        .body;
+    let rejected: Vec<&str> = stats
+        .lines()
+        .filter(|l| l.contains("update_rejected") && !l.trim_end().ends_with(": 0"))
+        .collect();
+    if !rejected.is_empty() {
+        bail!(
+            "Envoy {} rejected configuration from istiod: {}; last lines of {}:\n{}",
+            e.name,
+            rejected.join(", "),
+            e.process.log_path().display(),
+            e.process.log_tail(20)
+        );
+    }
+    Ok(())
 }
 
 /// Registers a backend listening on `ip:target_port` as Service `ns/name` (port `port`,
