@@ -7,8 +7,9 @@
 //! it (or its route) adds or sets, by its host or Service name (a version resource's name, or
 //! KServe's `<name>-predictor`), or by the `Host` request header it sets. A destination that
 //! names no version but sets request headers sends the request back through the gateway with
-//! them (the release chart's KServe blue-green: the `split` route sets `branch`, per-version
-//! routes match it): the rules are evaluated once more with those headers, and no further.
+//! them (the release chart's KServe blue-green: the `split` route or weighted HTTPRoute rule sets
+//! `branch`, per-version routes or rules match it): the rules are evaluated once more with
+//! those headers, and no further.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -817,6 +818,28 @@ fn gateway_filters(filters: &[Value], d: &mut Destination, notes: &mut Vec<Strin
                     }
                 }
             }
+            Some("RequestHeaderModifier") => {
+                for op in ["add", "set"] {
+                    for h in items(&f["requestHeaderModifier"], op) {
+                        let (Some(n), Some(v)) = (
+                            h.get("name").and_then(Value::as_str),
+                            h.get("value").and_then(Value::as_str),
+                        ) else {
+                            continue;
+                        };
+                        let n = n.to_lowercase();
+                        d.set.retain(|(k, _)| *k != n);
+                        d.set.push((n, v.to_string()));
+                    }
+                }
+                let removed = items(&f["requestHeaderModifier"], "remove");
+                d.remove.extend(
+                    removed
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_lowercase),
+                );
+            }
             Some("RequestMirror") => {
                 let to = f
                     .pointer("/requestMirror/backendRef/name")
@@ -1052,6 +1075,61 @@ spec:
         assert_eq!(reach[1][0].end, End::Version(1));
         let split = merge(&reach[2]);
         assert_eq!(split, [(End::Version(0), 0.3), (End::Version(1), 0.7)]);
+    }
+
+    /// The release chart's kserve-standard-gtw blue-green, as the controller renders it.
+    const GATEWAY_BLUE_GREEN: &str = r#"
+kind: HTTPRoute
+metadata: {name: wisdom}
+spec:
+  rules:
+  - matches: [{headers: [{name: branch, value: wisdom-0}]}]
+    filters:
+    - {type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /v2/models/wisdom-0/infer}}}
+    - {type: RequestHeaderModifier, requestHeaderModifier: {remove: [branch]}}
+    backendRefs:
+    - name: wisdom-0-predictor
+      port: 80
+      filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: app-version, value: wisdom-0}]}}]
+  - matches: [{headers: [{name: branch, value: wisdom-1}]}]
+    filters:
+    - {type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /v2/models/wisdom-1/infer}}}
+    - {type: RequestHeaderModifier, requestHeaderModifier: {remove: [branch]}}
+    backendRefs:
+    - name: wisdom-1-predictor
+      port: 80
+      filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: app-version, value: wisdom-1}]}}]
+  - backendRefs:
+    - name: wisdom-gateway-istio
+      port: 80
+      weight: 80
+      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: branch, value: wisdom-0}]}}]
+    - name: wisdom-gateway-istio
+      port: 80
+      weight: 20
+      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: branch, value: wisdom-1}]}}]
+"#;
+
+    #[test]
+    fn a_weighted_http_route_rule_is_followed_through_the_gateway_once() {
+        let t = Table::read(&yaml(GATEWAY_BLUE_GREEN)).unwrap();
+        let d = t.decide(&req(&[]), &wisdom());
+        assert_eq!(d.rule, Some(2));
+        assert_eq!(
+            answer(&t, &req(&[]), &wisdom()),
+            [("wisdom-0".to_string(), 0.8), ("wisdom-1".to_string(), 0.2)]
+        );
+        assert_eq!(
+            d.paths[1].steps[0].via,
+            "sets branch: wisdom-1, back through the gateway"
+        );
+        assert_eq!(d.paths[1].steps[1].label, "rule 1");
+        // The version's rule removes the header it matched.
+        assert_eq!(t.rules[1].destinations[0].remove, ["branch"]);
+        assert_eq!(
+            answer(&t, &req(&[("branch", "wisdom-0")]), &wisdom()),
+            [("wisdom-0".to_string(), 1.0)]
+        );
     }
 
     #[test]
