@@ -250,6 +250,38 @@ impl Env {
         pods.stop().await;
     }
 
+    /// `helm delete wisdom`, then waits until nothing of the release is left: the routing
+    /// object `wisdom` (of `routing`), the InferenceServices `isvcs` with the predictor
+    /// Deployments and Services KServe made for them, the entry Service, the routemap, and
+    /// every pod of the namespace.
+    async fn delete_release(&self, client: &Client, routing: &ApiResource, isvcs: &[&str]) {
+        helm(&self.cp, &self.ns, &["delete", "wisdom"], None);
+        let predictors: Vec<String> = isvcs.iter().map(|i| format!("{i}-predictor")).collect();
+        let mut objects = vec![
+            (routing.clone(), "wisdom"),
+            (svc_ar(), "wisdom"),
+            (cm_ar(), "wisdom-routemap"),
+        ];
+        for (isvc, predictor) in isvcs.iter().zip(&predictors) {
+            objects.push((isvc_ar(), isvc));
+            objects.push((deployment(), predictor));
+            objects.push((svc_ar(), predictor));
+        }
+        self.wait_gone(client, &objects).await;
+        let ns = self.ns.as_str();
+        assert!(names(client, &isvc_ar(), ns).await.is_empty());
+        assert!(names(client, routing, ns).await.is_empty());
+        assert!(!names(client, &cm_ar(), ns)
+            .await
+            .iter()
+            .any(|n| n.starts_with("wisdom")));
+        let r = testenv::wait_for("every pod of the release to go", WAIT, || async {
+            names(client, &pod_ar(), ns).await.is_empty().then_some(())
+        })
+        .await;
+        self.ok(r).await;
+    }
+
     /// Waits until object `name` of `ar` satisfies `check` (`what` names it); returns it.
     async fn wait_obj(
         &self,
@@ -718,30 +750,7 @@ async fn tutorial_in_standard_mode_with_the_real_kserve() {
     .await;
 
     // Cleanup: `helm delete` leaves nothing of the release, and KServe's objects go with it.
-    helm(&env.cp, ns, &["delete", "wisdom"], None);
-    env.wait_gone(
-        &client,
-        &[
-            (vs.clone(), "wisdom"),
-            (isvc.clone(), "wisdom-0"),
-            (svc_ar(), "wisdom"),
-            (cm_ar(), "wisdom-routemap"),
-            (deployment(), "wisdom-0-predictor"),
-            (svc_ar(), "wisdom-0-predictor"),
-        ],
-    )
-    .await;
-    assert!(names(&client, &isvc, ns).await.is_empty());
-    assert!(names(&client, &vs, ns).await.is_empty());
-    assert!(!names(&client, &cm_ar(), ns)
-        .await
-        .iter()
-        .any(|n| n.starts_with("wisdom")));
-    let r = testenv::wait_for("every pod of the release to go", WAIT, || async {
-        names(&client, &pod_ar(), ns).await.is_empty().then_some(())
-    })
-    .await;
-    env.ok(r).await;
+    env.delete_release(&client, &vs, &["wisdom-0"]).await;
     iter8.assert_clean_log();
 
     env.stop().await;
@@ -909,18 +918,8 @@ async fn blue_green_and_mirror_in_standard_mode_with_the_real_kserve() {
     );
 
     // `helm delete` leaves nothing of the release.
-    helm(&env.cp, ns, &["delete", "wisdom"], None);
-    env.wait_gone(
-        &client,
-        &[
-            (vs.clone(), "wisdom"),
-            (isvc.clone(), "wisdom-0"),
-            (isvc.clone(), "wisdom-1"),
-            (svc_ar(), "wisdom"),
-            (cm_ar(), "wisdom-routemap"),
-        ],
-    )
-    .await;
+    env.delete_release(&client, &vs, &["wisdom-0", "wisdom-1"])
+        .await;
     iter8.assert_clean_log();
     env.stop().await;
     eprintln!("done after {:?}", started.elapsed());
@@ -1069,24 +1068,8 @@ async fn blue_green_through_a_gateway_api_route_in_standard_mode_with_the_real_k
     }
 
     // `helm delete` leaves nothing of the release (the Gateway is not the release's).
-    helm(&env.cp, ns, &["delete", "wisdom"], None);
-    env.wait_gone(
-        &client,
-        &[
-            (route.clone(), "wisdom"),
-            (isvc.clone(), "wisdom-0"),
-            (isvc.clone(), "wisdom-1"),
-            (svc_ar(), "wisdom"),
-            (cm_ar(), "wisdom-routemap"),
-        ],
-    )
-    .await;
-    assert!(names(&client, &route, ns).await.is_empty());
-    assert!(names(&client, &isvc, ns).await.is_empty());
-    assert!(!names(&client, &cm_ar(), ns)
-        .await
-        .iter()
-        .any(|n| n.starts_with("wisdom")));
+    env.delete_release(&client, &route, &["wisdom-0", "wisdom-1"])
+        .await;
     iter8.assert_clean_log();
     env.stop().await;
     eprintln!("done after {:?}", started.elapsed());
