@@ -378,12 +378,9 @@ impl Env {
     async fn assert_answers(&self, test: bool, n: usize, version: &str, variant: &str) {
         for _ in 0..n {
             let a = self.send(test).await;
-            let good = a.as_ref().is_ok_and(|a| {
-                a.status == 200
-                    && a.app_version.as_deref() == Some(version)
-                    && a.model_name() == Some(version)
-                    && a.model_version() == Some(variant)
-            });
+            let good = a
+                .as_ref()
+                .is_ok_and(|a| a.is_from(version) && a.model_version() == Some(variant));
             if !good {
                 self.fail(&format!(
                     "expected {version} ({variant}) to answer (traffic: test = {test}), got {a:?}"
@@ -546,11 +543,7 @@ async fn tutorial_in_standard_mode_with_the_real_kserve() {
     let deadline = counting + WAIT;
     while while_failing < 20 || counting.elapsed() < Duration::from_secs(3) {
         let a = env.send(true).await;
-        let good = a.as_ref().is_ok_and(|a| {
-            a.status == 200
-                && a.app_version.as_deref() == Some("wisdom-0")
-                && a.model_name() == Some("wisdom-0")
-        });
+        let good = a.as_ref().is_ok_and(|a| a.is_from("wisdom-0"));
         if !good {
             env.fail(&format!(
                 "while wisdom-1's model failed to load, a `traffic: test` request got {a:?}"
@@ -599,11 +592,7 @@ async fn tutorial_in_standard_mode_with_the_real_kserve() {
         if now.as_ref().is_some_and(|o| condition_true(o, "Ready")) {
             break;
         }
-        let good = a.as_ref().is_ok_and(|a| {
-            a.status == 200
-                && a.app_version.as_deref() == Some("wisdom-0")
-                && a.model_name() == Some("wisdom-0")
-        });
+        let good = a.as_ref().is_ok_and(|a| a.is_from("wisdom-0"));
         if !good {
             env.fail(&format!(
                 "while wisdom-1 was not Ready, a `traffic: test` request got {a:?}"
@@ -880,11 +869,7 @@ async fn blue_green_and_mirror_in_standard_mode_with_the_real_kserve() {
     let n = 300_u32;
     for _ in 0..n {
         let a = env.send(false).await;
-        let good = a.as_ref().is_ok_and(|a| {
-            a.status == 200
-                && a.app_version.as_deref() == Some("wisdom-0")
-                && a.model_name() == Some("wisdom-0")
-        });
+        let good = a.as_ref().is_ok_and(|a| a.is_from("wisdom-0"));
         if !good {
             env.fail(&format!(
                 "mirror: clients must see only wisdom-0, got {a:?}"

@@ -51,6 +51,14 @@ impl Answer {
         self.body["model_name"].as_str()
     }
 
+    /// A 200 from `version`: its `app-version` header and the model that answered both name
+    /// it (KServe names a version's model after its InferenceService).
+    pub fn is_from(&self, version: &str) -> bool {
+        self.status == 200
+            && self.app_version.as_deref() == Some(version)
+            && self.model_name() == Some(version)
+    }
+
     /// The trained variant that answered (`model_version`: `v0` or `v1`).
     pub fn model_version(&self) -> Option<&str> {
         self.body["model_version"].as_str()
