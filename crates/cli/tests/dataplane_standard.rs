@@ -282,6 +282,17 @@ impl Env {
         self.ok(r).await;
     }
 
+    /// Waits until KServe reports each of the InferenceServices `names` Ready.
+    async fn wait_ready(&self, client: &Client, names: &[&str]) {
+        for name in names {
+            let what = format!("KServe to report {name} Ready");
+            self.wait_obj(client, &isvc_ar(), name, &what, |o| {
+                condition_true(o, "Ready")
+            })
+            .await;
+        }
+    }
+
     /// Waits until object `name` of `ar` satisfies `check` (`what` names it); returns it.
     async fn wait_obj(
         &self,
@@ -801,20 +812,11 @@ async fn blue_green_and_mirror_in_standard_mode_with_the_real_kserve() {
     let (env, iter8, client) = start("split").await;
     let ns = env.ns.clone();
     let ns = ns.as_str();
-    let (isvc, vs) = (isvc_ar(), vs_ar());
+    let vs = vs_ar();
 
     // Blue-green 80/20: both versions Ready (KServe says so), the weighted route "split".
     helm_release(&env.cp, ns, "wisdom", &through_ingress(BLUE_GREEN));
-    for name in ["wisdom-0", "wisdom-1"] {
-        env.wait_obj(
-            &client,
-            &isvc,
-            name,
-            &format!("KServe to report {name} Ready"),
-            |o| condition_true(o, "Ready"),
-        )
-        .await;
-    }
+    env.wait_ready(&client, &["wisdom-0", "wisdom-1"]).await;
     env.wait_obj(&client, &vs, "wisdom", "the weighted VirtualService", |o| {
         route_names(o) == ["wisdom-0", "wisdom-1", "split"]
     })
@@ -952,7 +954,7 @@ async fn blue_green_through_a_gateway_api_route_in_standard_mode_with_the_real_k
     let (env, iter8, client) = start("gtw").await;
     let ns = env.ns.clone();
     let ns = ns.as_str();
-    let (isvc, route) = (isvc_ar(), httproute_ar());
+    let route = httproute_ar();
     // The Gateway and its Envoy (Service wisdom-gateway-istio), as Istio would deploy them.
     let r = env.dp.serve_gateway(ns, GTW).await;
     let gw = env.ok(r).await;
@@ -961,16 +963,7 @@ async fn blue_green_through_a_gateway_api_route_in_standard_mode_with_the_real_k
     // Both versions Ready (KServe says so); the controller writes the weighted HTTPRoute.
     assert!(GTW_BLUE_GREEN.contains(&format!("gateway: {GTW}\n")));
     helm_release(&env.cp, ns, "wisdom", GTW_BLUE_GREEN);
-    for name in ["wisdom-0", "wisdom-1"] {
-        env.wait_obj(
-            &client,
-            &isvc,
-            name,
-            &format!("KServe to report {name} Ready"),
-            |o| condition_true(o, "Ready"),
-        )
-        .await;
-    }
+    env.wait_ready(&client, &["wisdom-0", "wisdom-1"]).await;
     let written = env
         .wait_obj(&client, &route, "wisdom", "the weighted HTTPRoute", |o| {
             rule_branches(o) == ["wisdom-0", "wisdom-1", "split"]
